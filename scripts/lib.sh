@@ -1,0 +1,39 @@
+# Shared by scripts/test and scripts/demo: make sure uv and this repo's tooling are installed.
+# Needs only Python 3.11+, pip and git; everything else comes from PyPI.
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+ensure_uv() {
+    if command -v uv >/dev/null 2>&1; then
+        return
+    fi
+    echo "Installing uv with pip..." >&2
+    python3 -m pip install --quiet uv 2>/dev/null \
+        || python3 -m pip install --quiet --user uv \
+        || python3 -m pip install --quiet --user --break-system-packages uv
+    export PATH="$HOME/.local/bin:$PATH"
+    command -v uv >/dev/null 2>&1 || { echo "uv could not be installed with pip" >&2; exit 1; }
+}
+
+ensure_tooling() {
+    ensure_uv
+    # Use the machine's Python; never download an interpreter.
+    export UV_PYTHON_DOWNLOADS=never
+    (cd "$repo_root" && uv sync --frozen --quiet)
+}
+
+ensure_chromium() {
+    # The approval page is tested in a real headless Chromium: Debian's package, driven by
+    # Playwright (which cannot download its own browsers here). Skipped tests say so if missing.
+    if command -v chromium >/dev/null 2>&1; then
+        return
+    fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "Installing Debian's chromium for the approval-page browser test..." >&2
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+            >/dev/null 2>&1 || echo "chromium could not be installed; the browser test skips" >&2
+    else
+        echo "chromium is not installed (run as root, or apt-get install chromium);" \
+            "the browser test skips" >&2
+    fi
+}

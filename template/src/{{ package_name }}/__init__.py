@@ -1,0 +1,1 @@
+"""Prefect flows that send, receive and gate email through MultiMail."""

@@ -1,0 +1,174 @@
+"""The project's command line: demo, provision, serve, resume, the receiver and the fake."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+fake_app = typer.Typer(no_args_is_help=True, help="The bundled fake MultiMail.")
+app.add_typer(fake_app, name="fake")
+receiver_app = typer.Typer(no_args_is_help=True, help="The MultiMail webhook receiver.")
+app.add_typer(receiver_app, name="receiver")
+
+
+@app.command()
+def demo(
+    verbose: Annotated[bool, typer.Option(help="Show Prefect's own log lines too.")] = False,
+) -> None:
+    """Run the flows end to end against the bundled fake MultiMail (127.0.0.1 only)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from .demo import run_demo
+
+    if not run_demo(typer.echo):
+        raise typer.Exit(1)
+
+
+@app.command("provision")
+def provision_command(
+    code: Annotated[
+        list[str] | None,
+        typer.Option(help="AUDIENCE=CODE: apply an upgrade code the operator received."),
+    ] = None,
+    webhook_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Subscribe the webhook receiver at this URL to approval decisions and store "
+            "the signing secret in the Prefect Secret block webhook_secret_block."
+        ),
+    ] = None,
+) -> None:
+    """Create one mailbox per audience and move each to the mode in settings.toml."""
+    from .credentials import current_settings, shared_client
+    from .provision import provision, subscribe_receiver
+
+    codes = {}
+    for item in code or []:
+        audience, sep, value = item.partition("=")
+        if not sep or not value:
+            raise typer.BadParameter(f"expected AUDIENCE=CODE, got {item!r}", param_hint="--code")
+        codes[audience] = value
+    for state in provision(shared_client(), current_settings(), codes):
+        mark = "ok" if state.ready else "pending"
+        typer.echo(
+            f"[{mark}] {state.audience}: {state.address} is {state.mode} "
+            f"(wanted {state.target}; {', '.join(state.actions)})"
+        )
+        if "upgrade_requested" in state.actions:
+            typer.echo(
+                f"       the operator received a code; run: provision --code {state.audience}=CODE"
+            )
+    if webhook_url:
+        subscription = subscribe_receiver(shared_client(), webhook_url)
+        block = current_settings().webhook_secret_block
+        if subscription.signing_secret is None:
+            typer.echo(f"[ok] {webhook_url} was already subscribed (secret in block {block!r})")
+        else:
+            from prefect.blocks.system import Secret
+
+            Secret(value=subscription.signing_secret).save(block, overwrite=True)
+            typer.echo(f"[ok] subscribed {webhook_url}; signing secret saved in block {block!r}")
+
+
+@app.command()
+def serve() -> None:
+    """Serve the flows as local deployments (no work pool): runs, suspends and resumes them."""
+    from prefect import serve as serve_deployments
+    from prefect.deployments.runner import RunnerDeployment
+    from prefect.types.entrypoint import EntrypointType
+
+    from .flows import answer_inbound, status_digest
+
+    # Module paths, not file paths: the flows use relative imports inside the package.
+    deployments = [
+        RunnerDeployment.from_flow(
+            flow, name="local", entrypoint_type=EntrypointType.MODULE_PATH, tags=["multimail"]
+        )
+        for flow in (status_digest, answer_inbound)
+    ]
+    serve_deployments(*deployments)
+
+
+@app.command()
+def resume(
+    email_id: Annotated[str, typer.Argument(help="The outbound email a flow run waits for.")],
+    audience: Annotated[
+        str | None, typer.Option(help="Audience of its mailbox (default: the replies one).")
+    ] = None,
+) -> None:
+    """Resume the flow run suspended while waiting for a decision on EMAIL_ID."""
+    import asyncio
+
+    from .approvals import FLOW_RUN_TAG, resume_waiting_run
+    from .credentials import current_settings, shared_client
+
+    settings = current_settings()
+    client = shared_client()
+    mailbox = client.mailbox_id(settings.audience(audience or settings.replies.audience).mailbox)
+    flow_run_id = client.get_tags(mailbox, email_id).get(FLOW_RUN_TAG)
+    if not flow_run_id:
+        typer.echo(f"no flow run waits for {email_id} (it has no {FLOW_RUN_TAG} tag)", err=True)
+        raise typer.Exit(1)
+    outcome = asyncio.run(resume_waiting_run(flow_run_id))
+    typer.echo(f"{outcome}: flow run {flow_run_id}")
+    if outcome not in ("resumed", "finished"):
+        raise typer.Exit(1)
+
+
+@receiver_app.command("serve")
+def receiver_serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8026,
+) -> None:
+    """Receive MultiMail webhooks and resume the flow runs that wait for a decision."""
+    import uvicorn
+
+    from .credentials import current_settings, resolve_webhook_secret, shared_client
+    from .receiver import create_receiver
+
+    app_ = create_receiver(
+        resolve_webhook_secret(current_settings()), read_tags=shared_client().get_tags
+    )
+    uvicorn.run(app_, host=host, port=port, access_log=False)
+
+
+@fake_app.command("serve")
+def fake_serve(
+    host: Annotated[str, typer.Option(help="Address to bind; loopback only by default.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to bind (0 picks a free one).")] = 8025,
+    allow_non_loopback: Annotated[
+        bool, typer.Option(help="Really bind a non-loopback address (the fake has no security).")
+    ] = False,
+) -> None:
+    """Serve the fake MultiMail until interrupted; prints its base URL and operator page."""
+    from .fake import FakeMultiMail
+
+    try:
+        server = FakeMultiMail(host=host, port=port, allow_non_loopback=allow_non_loopback)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--host") from None
+    with server:
+        typer.echo(f"Fake MultiMail: {server.base_url}  (use it as MULTIMAIL_API_URL)")
+        typer.echo(f"Operator page:  {server.base_url}/_fake/approvals")
+        typer.echo(f"OpenAPI:        {server.base_url}/v1/openapi.json")
+        typer.echo("Get a key (state lives in memory until you stop the server):")
+        typer.echo(
+            f"  curl -s -X POST {server.base_url}/_fake/keys -H 'Content-Type: application/json' "
+            """-d '{"scopes": ["read", "send", "admin"]}'"""
+        )
+        typer.echo("Press Ctrl+C to stop.")
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            typer.echo("Stopped.")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,81 @@
+"""Where the MultiMail API key comes from, and the one pooled client built with it.
+
+Locally the key is MULTIMAIL_API_KEY (environment or `.env`); deployed, it is the Prefect Secret
+block named by `api_key_block`, loaded at run time inside the task, so it is never a flow
+parameter, a deployment variable or a task result.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import cast
+
+from pydantic import SecretStr
+
+from .client import MultiMailClient, MultiMailError
+from .redaction import register_secret
+from .settings import Settings
+
+
+class MissingSecretError(MultiMailError):
+    """Neither the environment variable nor the Prefect Secret block holds the secret."""
+
+
+def _resolve(from_env: SecretStr | None, env_name: str, block_name: str, what: str) -> SecretStr:
+    """`from_env` if set, else the Prefect Secret block `block_name`; masked in logs either way."""
+    if from_env is not None and from_env.get_secret_value():
+        register_secret(from_env.get_secret_value())
+        return from_env
+    from prefect.blocks.system import Secret  # imported late: loading needs a Prefect API
+
+    try:
+        secret = cast(Secret[str], Secret.load(block_name))
+    except Exception as error:  # not found, or no Prefect API reachable: same fix either way
+        raise MissingSecretError(
+            f"no {what}: set {env_name} (locally, e.g. in .env), or create the Prefect Secret "
+            f"block {block_name!r} for deployments (`prefect block create secret`). Loading "
+            f"that block failed: {error}"
+        ) from error
+    value = str(secret.get())
+    register_secret(value)
+    return SecretStr(value)
+
+
+def resolve_api_key(settings: Settings) -> SecretStr:
+    """The key from MULTIMAIL_API_KEY, else from the Prefect Secret block `api_key_block`."""
+    return _resolve(
+        settings.api_key, "MULTIMAIL_API_KEY", settings.api_key_block, "MultiMail API key"
+    )
+
+
+def resolve_webhook_secret(settings: Settings) -> SecretStr:
+    """The signing secret from MULTIMAIL_WEBHOOK_SECRET, else its Prefect Secret block."""
+    return _resolve(
+        settings.webhook_secret,
+        "MULTIMAIL_WEBHOOK_SECRET",
+        settings.webhook_secret_block,
+        "webhook signing secret",
+    )
+
+
+@cache
+def current_settings() -> Settings:
+    """The settings, read once per process (see `reset`)."""
+    return Settings()
+
+
+@cache
+def shared_client() -> MultiMailClient:
+    """One pooled client per process, so every task reuses its connections."""
+    settings = current_settings()
+    return MultiMailClient(
+        settings.api_url, resolve_api_key(settings), timeout=settings.timeout_seconds
+    )
+
+
+def reset() -> None:
+    """Forget the cached settings and client (after the environment changed, e.g. in tests)."""
+    if shared_client.cache_info().currsize:
+        shared_client().close()
+    shared_client.cache_clear()
+    current_settings.cache_clear()

@@ -1,0 +1,211 @@
+"""The whole story, end to end, against the bundled fake MultiMail on 127.0.0.1.
+
+1. provision one mailbox per audience (upgrades approved with the operator's emailed code);
+2. the status digest goes out through the digest audience's mailbox;
+3. a customer writes in; the reply waits for a human, the operator approves, it is sent;
+4. a second customer writes in; the operator rejects the reply; the flow reports `rejected`;
+5. the audit trail shows every step.
+
+Each step prints what happened and whether it is what should happen; the demo fails (exit 1)
+if any step did not.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import SecretStr
+
+from . import credentials
+from .client import MultiMailClient
+from .fake import FakeMultiMail
+from .models import PendingItem
+from .provision import MailboxState, provision
+from .settings import OversightMode, Settings
+
+APP_SCOPES = ["read", "send", "admin"]
+REJECT_MARKER = "close my account"
+
+HUMAN_GATED = {OversightMode.GATED_SEND, OversightMode.GATED_ALL}
+
+
+@dataclass
+class Report:
+    """Collects the demo's checks and prints each as it happens."""
+
+    echo: Callable[[str], None] = print
+    failures: list[str] = field(default_factory=list)
+
+    def step(self, title: str) -> None:
+        self.echo(f"\n== {title}")
+
+    def check(self, ok: bool, message: str) -> None:
+        self.echo(f"  [{'ok' if ok else 'FAILED'}] {message}")
+        if not ok:
+            self.failures.append(message)
+
+
+Decision = tuple[Literal["approve", "reject"], str | None]
+
+
+def demo_policy(item: PendingItem) -> Decision:
+    """The demo operator approves everything but replies about closing an account."""
+    if item.direction == "outbound" and REJECT_MARKER in item.subject.lower():
+        return "reject", "We do not close accounts by email; a colleague will call."
+    return "approve", None
+
+
+class Operator(threading.Thread):
+    """The human in the loop, as a thread: decides each pending email with `policy`."""
+
+    def __init__(
+        self,
+        client: MultiMailClient,
+        policy: Callable[[PendingItem], Decision] = demo_policy,
+        echo: Callable[[str], None] = print,
+    ) -> None:
+        super().__init__(name="operator", daemon=True)
+        self._client = client
+        self._policy = policy
+        self._echo = echo
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopping.wait(0.1):
+            for item in self._client.list_pending():
+                action, reason = self._policy(item)
+                self._client.decide(item.id, action, reason)
+                self._echo(
+                    f"  operator {action.removesuffix('e')}ed {item.direction} {item.subject!r}"
+                    + (f": {reason}" if reason else "")
+                )
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(timeout=5)
+
+
+def provision_on_fake(
+    fake: FakeMultiMail, client: MultiMailClient, settings: Settings
+) -> list[MailboxState]:
+    """Provision, then apply the upgrade codes the fake mailed its operator (a human's job)."""
+    states = provision(client, settings)
+    requested = {s.mailbox_id: s.audience for s in states if "upgrade_requested" in s.actions}
+    if not requested:
+        return states
+    codes = {
+        requested[message["mailbox_id"]]: str(message["code"])
+        for message in fake.operator_inbox()
+        if message.get("kind") == "upgrade_code" and message.get("mailbox_id") in requested
+    }
+    return provision(client, settings, upgrade_codes=codes)
+
+
+def run_demo(echo: Callable[[str], None] = print) -> bool:
+    """Run every step; True when each did what it should."""
+    report = Report(echo)
+    with FakeMultiMail() as fake:
+        echo(f"Fake MultiMail on {fake.base_url} (approval page: {fake.base_url}/_fake/approvals)")
+        os.environ["MULTIMAIL_API_URL"] = fake.base_url
+        os.environ["MULTIMAIL_API_KEY"] = fake.create_key(APP_SCOPES, name="flows")
+        credentials.reset()
+        settings = credentials.current_settings()
+        operator_key = SecretStr(fake.create_key(["oversight"], name="operator"))
+        with MultiMailClient(fake.base_url, operator_key) as operator_client:
+            operator = Operator(operator_client, demo_policy, echo)
+            operator.start()
+            try:
+                _provision(report, fake, settings)
+                _digest(report, settings)
+                _replies(report, fake, settings)
+                _audit(report, settings)
+            finally:
+                operator.stop()
+                credentials.reset()
+    echo(
+        "\nDemo "
+        + (
+            "passed: every step did what it should."
+            if not report.failures
+            else f"FAILED: {len(report.failures)} step(s) did not do what they should."
+        )
+    )
+    return not report.failures
+
+
+def _provision(report: Report, fake: FakeMultiMail, settings: Settings) -> None:
+    report.step("1. Provision one mailbox per audience (upgrades need the operator's code)")
+    for state in provision_on_fake(fake, credentials.shared_client(), settings):
+        report.check(
+            state.ready,
+            f"{state.audience}: {state.address} is {state.mode} (wanted {state.target}; "
+            f"{', '.join(state.actions)})",
+        )
+
+
+def _digest(report: Report, settings: Settings) -> None:
+    from .flows import status_digest
+
+    audience = settings.digest.audience
+    mode = settings.audience(audience).oversight_mode
+    report.step(f"2. Status digest through '{audience}' ({mode})")
+    if not os.environ.get("PREFECT_API_URL"):
+        report.echo("  (first flow run: Prefect starts a temporary local server, ~15 s)")
+    delivery = status_digest()
+    report.check(delivery.outcome == "sent", f"digest {delivery.email_id} is {delivery.outcome}")
+
+
+def _replies(report: Report, fake: FakeMultiMail, settings: Settings) -> None:
+    from .flows import answer_inbound
+
+    audience = settings.replies.audience
+    mode = settings.audience(audience).oversight_mode
+    address = f"{settings.audience(audience).mailbox}@"
+    to = next(
+        m.address
+        for m in credentials.shared_client().list_mailboxes()
+        if m.address.startswith(address)
+    )
+    report.step(f"3. A customer writes to {to}; the reply goes through '{audience}' ({mode})")
+    first = fake.deliver_inbound(
+        to=to,
+        sender="ada@example.com",
+        subject="Where is my order?",
+        markdown="Hi, my order #1042 has not arrived yet. Can you check?",
+    )
+    answered = answer_inbound(first)
+    report.check(
+        answered.outcome == "sent",
+        f"reply {answered.reply_id} is {answered.outcome}"
+        + (f", approved by {answered.approved_by}" if answered.approved_by else ""),
+    )
+    report.step("4. Another customer writes; the operator rejects the reply")
+    second = fake.deliver_inbound(
+        to=to,
+        sender="bob@example.com",
+        subject="Please close my account",
+        markdown="Close my account and delete everything, thanks.",
+    )
+    rejected = answer_inbound(second)
+    expected = "rejected" if mode in HUMAN_GATED else "sent"
+    report.check(
+        rejected.outcome == expected,
+        f"reply {rejected.reply_id} is {rejected.outcome} (expected {expected} in {mode})",
+    )
+
+
+def _audit(report: Report, settings: Settings) -> None:
+    report.step("5. Audit trail, oldest first")
+    entries = credentials.shared_client().audit_log(limit=50).entries
+    for entry in reversed(entries):
+        details = ", ".join(f"{k}={v}" for k, v in entry.metadata.items() if v not in (None, ""))
+        report.echo(f"  {entry.created_at}  {entry.action:<26} {details[:110]}")
+    actions = {entry.action for entry in entries}
+    wanted = {"mailbox.create", "email.send", "email.reply", "email.tag"}
+    if settings.audience(settings.replies.audience).oversight_mode in HUMAN_GATED:
+        wanted.add("oversight.decide")
+    report.check(wanted <= actions, f"audit log records {', '.join(sorted(wanted))}")

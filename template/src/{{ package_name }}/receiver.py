@@ -1,0 +1,123 @@
+"""A small receiver for MultiMail webhooks: verifies each delivery, then acts on it.
+
+Today it resumes the flow run that suspended while waiting for an approval
+(`oversight.approved` / `oversight.rejected`). Run it with `<project> receiver serve` behind your
+HTTPS endpoint, and subscribe it to MultiMail's oversight events (`provision --webhook-url`).
+
+Every delivery is checked before anything in it is trusted: `X-MultiMail-Signature` must be
+`sha256=` + the HMAC-SHA256 of the raw body keyed with the subscription's signing secret,
+compared in constant time. Repeated deliveries (same delivery id) are answered but not acted on
+twice. A non-2xx answer makes MultiMail retry the delivery later, which is what the receiver
+asks for when the flow run has not finished suspending yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import SecretStr
+from starlette.concurrency import run_in_threadpool
+
+from .approvals import FLOW_RUN_TAG, ResumeOutcome, resume_waiting_run
+
+SIGNATURE_HEADER = "X-MultiMail-Signature"
+DECISION_EVENTS = frozenset({"oversight.approved", "oversight.rejected"})
+
+Resumer = Callable[[str], Awaitable[ResumeOutcome]]
+TagReader = Callable[[str, str], dict[str, str]]
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The signature MultiMail sends for `body`: `sha256=<hex digest>`."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def signature_is_valid(secret: str, body: bytes, header: str | None) -> bool:
+    return header is not None and hmac.compare_digest(sign(secret, body), header.strip())
+
+
+class _SeenDeliveries:
+    """Delivery ids already acted on (bounded, oldest forgotten first)."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+
+    def __contains__(self, delivery_id: str) -> bool:
+        return delivery_id in self._ids
+
+    def add(self, delivery_id: str) -> None:
+        self._ids[delivery_id] = None
+        while len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+
+
+def _answer(status_code: int, **body: Any) -> JSONResponse:
+    return JSONResponse(body, status_code=status_code)
+
+
+def create_receiver(
+    signing_secret: SecretStr,
+    *,
+    read_tags: TagReader,
+    resume: Resumer = resume_waiting_run,
+) -> FastAPI:
+    """The receiver app. `read_tags(mailbox_id, email_id)` fetches an email's tags when a
+    delivery does not carry them (MultiMail's published payload example has none)."""
+    app = FastAPI(title="MultiMail webhook receiver", docs_url=None, redoc_url=None)
+    seen = _SeenDeliveries()
+    secret = signing_secret.get_secret_value()
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/multimail/webhook")
+    async def webhook(request: Request) -> JSONResponse:
+        body = await request.body()
+        if not signature_is_valid(secret, body, request.headers.get(SIGNATURE_HEADER)):
+            return _answer(
+                401,
+                error=f"invalid or missing {SIGNATURE_HEADER}: check that the receiver's "
+                "signing secret is the one of this webhook subscription",
+            )
+        try:
+            payload = json.loads(body)
+            event = str(payload["event"])
+            delivery_id = str(payload["id"])
+            data = payload["data"]
+            if not isinstance(data, dict):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return _answer(400, error="body is not a MultiMail webhook delivery (event, id, data)")
+        if delivery_id in seen:
+            return _answer(200, status="duplicate", delivery_id=delivery_id)
+        if event not in DECISION_EVENTS:
+            seen.add(delivery_id)
+            return _answer(200, status="ignored", event=event)
+        email_id, mailbox_id = str(data.get("email_id", "")), str(data.get("mailbox_id", ""))
+        carried = data.get("tags")
+        tags: dict[str, Any] = (
+            carried
+            if isinstance(carried, dict) and FLOW_RUN_TAG in carried
+            else await run_in_threadpool(read_tags, mailbox_id, email_id)
+        )
+        flow_run_id = tags.get(FLOW_RUN_TAG)
+        if not flow_run_id:
+            seen.add(delivery_id)
+            return _answer(200, status="ignored", reason="no flow run waits for this email")
+        outcome = await resume(str(flow_run_id))
+        if outcome == "not_suspended_yet":
+            # Not acted on: MultiMail retries the delivery with backoff.
+            return _answer(503, error="the flow run is not suspended yet; retry later")
+        seen.add(delivery_id)
+        return _answer(200, status=outcome, flow_run_id=flow_run_id, email_id=email_id)
+
+    return app

@@ -1,0 +1,137 @@
+"""Project settings: `settings.toml` beside this module, overridden by MULTIMAIL_* variables.
+
+The TOML file holds what Copier rendered (audiences, API URL, Secret block name); environment
+variables and a local `.env` file win over it. The API key is only ever read from the
+environment (or the Prefect Secret block, see `credentials.py`), never from the TOML file.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+SETTINGS_FILE = Path(__file__).with_name("settings.toml")
+
+
+class OversightMode(StrEnum):
+    """MultiMail's trust ladder, most restrictive first."""
+
+    READ_ONLY = "read_only"
+    GATED_ALL = "gated_all"
+    GATED_SEND = "gated_send"
+    MONITORED = "monitored"
+    AUTONOMOUS = "autonomous"
+
+    @property
+    def rank(self) -> int:
+        """Position on the ladder: a higher rank trusts the agent more."""
+        return list(OversightMode).index(self)
+
+
+AddressLocalPart = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
+]
+
+
+class Audience(BaseModel):
+    """Who a flow writes to: one mailbox, with its own oversight mode."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mailbox: AddressLocalPart = Field(description="Local part of the mailbox address.")
+    oversight_mode: OversightMode = Field(description="How much a human sees of this mail.")
+    purpose: str = Field(description="One line on what this audience's mail is for.")
+
+
+class DigestSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    audience: str
+    recipients: list[str] = Field(min_length=1)
+
+
+class ReplySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    audience: str
+
+
+class Settings(BaseSettings):
+    """Everything the client, tasks and flows need to know, validated once."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MULTIMAIL_",
+        # MULTIMAIL_AUDIENCES__CUSTOMERS__OVERSIGHT_MODE=monitored overrides one nested value.
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        toml_file=SETTINGS_FILE,
+        frozen=True,
+    )
+
+    api_url: str = "https://api.multimail.dev"
+    api_key: SecretStr | None = Field(
+        default=None, description="Set through MULTIMAIL_API_KEY only; never in settings.toml."
+    )
+    api_key_block: str
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="Set through MULTIMAIL_WEBHOOK_SECRET only."
+    )
+    webhook_secret_block: str
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    approval_timeout_seconds: float = Field(default=3600.0, gt=0)
+    retries: int = Field(default=5, ge=0, le=50)
+    retry_backoff_seconds: float = Field(default=1.0, ge=0)
+    retry_after_cap_seconds: float = Field(default=60.0, ge=0)
+    digest: DigestSettings
+    replies: ReplySettings
+    audiences: dict[str, Audience] = Field(min_length=1)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            TomlConfigSettingsSource(settings_cls),
+        )
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Settings:
+        for role, name in (("digest", self.digest.audience), ("replies", self.replies.audience)):
+            if name not in self.audiences:
+                raise ValueError(
+                    f"[{role}] audience = {name!r} is not one of the audiences in "
+                    f"{SETTINGS_FILE.name}: {', '.join(sorted(self.audiences))}"
+                )
+        mailboxes = [a.mailbox for a in self.audiences.values()]
+        if len(set(mailboxes)) != len(mailboxes):
+            raise ValueError(f"each audience needs its own mailbox; got {mailboxes}")
+        return self
+
+    def audience(self, name: str) -> Audience:
+        """The audience called `name`, or an error that lists the ones that exist."""
+        try:
+            return self.audiences[name]
+        except KeyError:
+            raise KeyError(
+                f"unknown audience {name!r}; {SETTINGS_FILE.name} defines "
+                f"{', '.join(sorted(self.audiences))}"
+            ) from None

@@ -1,0 +1,94 @@
+"""Shared fixtures: the fake MultiMail on loopback, keys, provisioned mailboxes, and one Prefect
+test server for the whole session (only for the tests that run flows).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+from pydantic import SecretStr
+
+from .. import credentials
+from ..client import MultiMailClient
+from ..demo import Operator, provision_on_fake
+from ..fake import FakeMultiMail, pytest_plugin
+from ..provision import MailboxState
+
+APP_SCOPES = ["read", "send", "admin"]
+
+# The fake's fixtures: `fake_multimail` (one server per session), `fake` (reset per test).
+fake_multimail = pytest_plugin.fake_multimail
+fake = pytest_plugin.fake
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep Prefect local and quiet before anything imports it."""
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-home-")
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # Tasks called outside a flow (the fault tests) have no flow run to send logs to.
+    os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
+    # The same retry policy as in production, with delays shrunk so fault tests stay quick.
+    os.environ["MULTIMAIL_RETRY_BACKOFF_SECONDS"] = "0.01"
+    # A developer's own .env or key must never leak into the tests.
+    for name in ("MULTIMAIL_API_KEY", "MULTIMAIL_API_URL"):
+        os.environ.pop(name, None)
+
+
+@pytest.fixture
+def app_key(fake: FakeMultiMail) -> SecretStr:
+    """A key with the scopes the flows use (read, send) plus admin for provisioning."""
+    return SecretStr(fake.create_key(APP_SCOPES, name="flows"))
+
+
+@pytest.fixture
+def client(fake: FakeMultiMail, app_key: SecretStr) -> Iterator[MultiMailClient]:
+    with MultiMailClient(fake.base_url, app_key) as mail:
+        yield mail
+
+
+@pytest.fixture
+def operator_client(fake: FakeMultiMail) -> Iterator[MultiMailClient]:
+    """What the human approver holds: the oversight scope and nothing else."""
+    key = SecretStr(fake.create_key(["oversight"], name="operator"))
+    with MultiMailClient(fake.base_url, key) as mail:
+        yield mail
+
+
+@pytest.fixture
+def mail_env(
+    fake: FakeMultiMail, app_key: SecretStr, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[list[MailboxState]]:
+    """Point the project's settings at the fake and provision every audience's mailbox."""
+    monkeypatch.setenv("MULTIMAIL_API_URL", fake.base_url)
+    monkeypatch.setenv("MULTIMAIL_API_KEY", app_key.get_secret_value())
+    credentials.reset()
+    states = provision_on_fake(fake, credentials.shared_client(), credentials.current_settings())
+    assert all(state.ready for state in states), states
+    yield states
+    credentials.reset()
+
+
+@pytest.fixture
+def approving_operator(operator_client: MultiMailClient) -> Iterator[Operator]:
+    """A human who approves everything that waits (run while a flow waits for a decision)."""
+    operator = Operator(operator_client, lambda item: ("approve", None), echo=lambda _: None)
+    operator.start()
+    yield operator
+    operator.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """One throwaway Prefect API for the session, heartbeats off (they add ~1 s per flow)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with (
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+        prefect_test_harness(server_startup_timeout=90),
+    ):
+        yield

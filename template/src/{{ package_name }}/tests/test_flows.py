@@ -1,0 +1,117 @@
+"""The real flows under a Prefect test server, against the fake MultiMail, with a human (the
+operator thread) deciding what waits for approval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from pydantic import SecretStr
+
+from .. import credentials
+from ..client import MultiMailClient
+from ..demo import Operator
+from ..fake import FakeMultiMail
+from ..flows import answer_inbound, status_digest
+from ..provision import MailboxState
+from ..settings import OversightMode
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+
+
+def _replies_address(states: list[MailboxState]) -> str:
+    audience = credentials.current_settings().replies.audience
+    return next(state.address for state in states if state.audience == audience)
+
+
+@pytest.fixture
+def rejecting_operator(operator_client: MultiMailClient) -> Iterator[Operator]:
+    operator = Operator(
+        operator_client, lambda item: ("reject", "not our tone"), echo=lambda _: None
+    )
+    operator.start()
+    yield operator
+    operator.stop()
+
+
+def test_status_digest_reaches_the_team(
+    mail_env: list[MailboxState], approving_operator: Operator, client: MultiMailClient
+) -> None:
+    settings = credentials.current_settings()
+    delivery = status_digest()
+    assert delivery.outcome == "sent"
+    mailbox = client.mailbox_id(settings.audience(settings.digest.audience).mailbox)
+    email = client.get_email(mailbox, delivery.email_id)
+    assert email.to == settings.digest.recipients
+    assert "| audience | oversight |" in email.markdown
+
+
+def test_approved_reply_is_sent_and_reported(
+    mail_env: list[MailboxState],
+    fake: FakeMultiMail,
+    approving_operator: Operator,
+    client: MultiMailClient,
+) -> None:
+    inbound = fake.deliver_inbound(
+        to=_replies_address(mail_env),
+        sender="ada@example.com",
+        subject="Order?",
+        markdown="Where is my order?",
+    )
+    report = answer_inbound(inbound)
+    assert report.outcome == "sent"
+    settings = credentials.current_settings()
+    mailbox = client.mailbox_id(settings.audience(settings.replies.audience).mailbox)
+    reply = client.get_email(mailbox, report.reply_id)
+    assert (reply.status, reply.to) == ("sent", ["ada@example.com"])
+    assert client.get_tags(mailbox, inbound)["state"] == "reply-sent"
+
+
+def test_rejected_reply_is_reported_not_retried(
+    mail_env: list[MailboxState],
+    fake: FakeMultiMail,
+    rejecting_operator: Operator,
+    client: MultiMailClient,
+) -> None:
+    mode = (
+        credentials.current_settings()
+        .audience(credentials.current_settings().replies.audience)
+        .oversight_mode
+    )
+    if mode not in (OversightMode.GATED_SEND, OversightMode.GATED_ALL):
+        pytest.skip(f"the replies audience is {mode}: no human decides, nothing to reject")
+    inbound = fake.deliver_inbound(
+        to=_replies_address(mail_env),
+        sender="bob@example.com",
+        subject="Refund",
+        markdown="I want a refund.",
+    )
+    report = answer_inbound(inbound)
+    assert report.outcome == "rejected"
+    assert report.approved_by is None
+    # Exactly one reply exists: a rejection is an outcome, not an error to retry.
+    settings = credentials.current_settings()
+    mailbox = client.mailbox_id(settings.audience(settings.replies.audience).mailbox)
+    outbound = client.list_emails(mailbox, direction="outbound").emails
+    assert [e.id for e in outbound] == [report.reply_id]
+
+
+def test_a_mode_change_in_settings_changes_the_flow_without_editing_it(
+    fake: FakeMultiMail, app_key: SecretStr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = credentials.current_settings().replies.audience
+    monkeypatch.setenv(f"MULTIMAIL_AUDIENCES__{name.upper()}__OVERSIGHT_MODE", "autonomous")
+    monkeypatch.setenv("MULTIMAIL_API_URL", fake.base_url)
+    monkeypatch.setenv("MULTIMAIL_API_KEY", app_key.get_secret_value())
+    credentials.reset()
+    from ..demo import provision_on_fake
+
+    states = provision_on_fake(fake, credentials.shared_client(), credentials.current_settings())
+    inbound = fake.deliver_inbound(
+        to=_replies_address(states), sender="cy@example.com", subject="Hi", markdown="Hello"
+    )
+    report = answer_inbound(inbound)  # no operator running: nobody could approve
+    assert report.outcome == "sent"
+    assert report.approved_by is None
+    credentials.reset()

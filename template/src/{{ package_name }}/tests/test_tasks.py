@@ -1,0 +1,91 @@
+"""Tasks, called through `.fn()` (no Prefect server), against the fake MultiMail."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from prefect.client.schemas.objects import State
+from prefect.states import Completed, Failed
+
+from .. import credentials
+from ..client import MultiMailAPIError
+from ..fake import FakeMultiMail
+from ..provision import MailboxState
+from ..tasks import (
+    check_inbox,
+    get_email_status,
+    is_transient,
+    message_key,
+    read_email,
+    send_email,
+    tag_email,
+    wait_for_decision,
+)
+
+
+def _api_error(status: int) -> MultiMailAPIError:
+    return MultiMailAPIError(status_code=status, message="x", method="POST", path="/send")
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (_api_error(500), True),
+        (_api_error(503), True),
+        (_api_error(429), True),
+        (_api_error(400), False),
+        (_api_error(401), False),
+        (_api_error(403), False),
+        (_api_error(404), False),
+        (httpx.ConnectError("refused"), True),
+        (httpx.ReadTimeout("slow"), True),
+        (ValueError("bug"), False),
+    ],
+)
+def test_only_transient_failures_are_retried(error: Exception, retried: bool) -> None:
+    state: State[object] = Failed(data=error)
+    assert is_transient(send_email, None, state) is retried  # type: ignore[arg-type]
+
+
+def test_a_completed_state_is_not_retried() -> None:
+    assert is_transient(send_email, None, Completed(data=1)) is False  # type: ignore[arg-type]
+
+
+def test_message_keys_depend_on_identity_only() -> None:
+    assert message_key("reply", "email-1") == message_key("reply", "email-1")
+    assert message_key("reply", "email-1") != message_key("reply", "email-2")
+    assert message_key("reply", "email-1") != message_key("forward", "email-1")
+    assert message_key("a", "b:c") != message_key("a:b", "c")
+
+
+def test_internal_audience_sends_without_a_human(mail_env: list[MailboxState]) -> None:
+    settings = credentials.current_settings()
+    audience = settings.digest.audience
+    sent = send_email.fn(audience, ["team@example.com"], "Status", "all good", "digest-1")
+    delivery = wait_for_decision.fn(audience, sent.id, timeout_seconds=5)
+    expected = (
+        "sent"
+        if settings.audience(audience).oversight_mode in ("autonomous", "monitored")
+        else "timed_out"
+    )
+    assert delivery.outcome == expected
+
+
+def test_gated_audience_times_out_without_a_decision(mail_env: list[MailboxState]) -> None:
+    audience = credentials.current_settings().replies.audience
+    sent = send_email.fn(audience, ["ada@example.com"], "Hello", "Hi", "gated-1")
+    delivery = wait_for_decision.fn(audience, sent.id, timeout_seconds=0.3, poll_seconds=0.1)
+    assert (delivery.outcome, delivery.status) == ("timed_out", "pending_send_approval")
+    assert get_email_status.fn(audience, sent.id) == "pending_send_approval"
+
+
+def test_inbox_read_and_tag(mail_env: list[MailboxState], fake: FakeMultiMail) -> None:
+    audience = credentials.current_settings().replies.audience
+    address = next(s.address for s in mail_env if s.audience == audience)
+    email_id = fake.deliver_inbound(
+        to=address, sender="ada@example.com", subject="Question", markdown="Hello?"
+    )
+    assert [e.id for e in check_inbox.fn(audience)] == [email_id]
+    assert read_email.fn(audience, email_id).markdown == "Hello?"
+    assert check_inbox.fn(audience) == []  # read now
+    assert tag_email.fn(audience, email_id, {"state": "seen"}) == {"state": "seen"}

@@ -1,0 +1,110 @@
+"""Render the template from this working tree (uncommitted changes included)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import copier
+import httpx
+import pytest
+import yaml
+
+from .answers import DEFAULT
+
+REPO = Path(__file__).resolve().parents[1]
+
+Render = Callable[..., Path]
+
+
+def render_template(dst: Path, answers: dict[str, Any], *, trust: bool = False) -> Path:
+    """Copy the template into `dst` with `answers`, defaults for the rest, no prompts."""
+    copier.run_copy(
+        str(REPO),
+        dst,
+        data=answers,
+        defaults=True,
+        unsafe=trust,
+        skip_tasks=not trust,
+        vcs_ref="HEAD",  # HEAD plus the working tree's uncommitted changes
+        quiet=True,
+    )
+    return dst
+
+
+@pytest.fixture
+def render(tmp_path: Path) -> Render:
+    def _render(answers: dict[str, Any], name: str = "project", *, trust: bool = False) -> Path:
+        return render_template(tmp_path / name, answers, trust=trust)
+
+    return _render
+
+
+def uv() -> str:
+    found = shutil.which("uv")
+    if found is None:
+        pytest.skip("uv is not installed (scripts/test installs it)")
+    return found
+
+
+def run(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run a command, failing the test with its output when it fails."""
+    result = subprocess.run(
+        args, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"`{' '.join(args)}` exited {result.returncode}\n"
+            f"--- stdout\n{result.stdout[-6000:]}\n--- stderr\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+@pytest.fixture(scope="session")
+def installed_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One default render, installed with uv once per session (uv's cache holds Prefect)."""
+    root = render_template(tmp_path_factory.mktemp("generated") / "my-mail-flows", DEFAULT)
+    env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
+    result = subprocess.run(
+        [uv(), "sync", "--quiet"], cwd=root, env=env, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        pytest.fail(f"uv sync of the generated project failed:\n{result.stderr[-4000:]}")
+    return root
+
+
+def project_command(project: Path, *args: str) -> list[str]:
+    """The generated project's own command (`<project_slug> ...`) from its environment."""
+    slug = yaml.safe_load((project / ".copier-answers.yml").read_text())["project_slug"]
+    return [str(project / ".venv" / "bin" / slug), *args]
+
+
+@pytest.fixture
+def fake_url(installed_project: Path) -> Iterator[str]:
+    """`<project> fake serve` on a free loopback port, as a user would start it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = project_command(installed_project, "fake", "serve", "--port", str(port))
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"{url}/_fake/clock", timeout=1).raise_for_status()
+            break
+        except httpx.TransportError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                output = server.stdout.read().decode() if server.stdout else ""
+                pytest.fail(f"`fake serve` did not come up: {output}")
+            time.sleep(0.2)
+    yield url
+    server.terminate()
+    server.wait(timeout=10)

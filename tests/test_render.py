@@ -1,0 +1,121 @@
+"""Rendering with several answer sets: the tree, the settings, the deployments, lint."""
+
+from __future__ import annotations
+
+import re
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .answers import ANSWER_SETS, DEFAULT
+from .conftest import Render, run
+
+# `{{ name`, `{%` + keyword: unrendered Jinja (not Python braces, not GitHub `${{ }}`).
+JINJA_LEFTOVER = re.compile(r"(?<!\$)\{\{-?\s*[A-Za-z_][\w.]*\s*(\||\}\})|\{%-?\s*[a-z]+")
+
+
+def _files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and ".git" not in p.parts]
+
+
+@pytest.fixture(params=sorted(ANSWER_SETS), ids=sorted(ANSWER_SETS))
+def rendered(request: pytest.FixtureRequest, render: Render) -> tuple[Path, dict[str, Any]]:
+    answers = ANSWER_SETS[request.param]
+    project = render(answers)
+    recorded = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    return project, recorded
+
+
+def test_no_template_syntax_or_suffix_is_left(rendered: tuple[Path, dict[str, Any]]) -> None:
+    project, _ = rendered
+    for path in _files(project):
+        assert not path.name.endswith(".jinja"), path
+        assert "{{" not in str(path), path
+        assert "{%" not in str(path), path
+        assert not JINJA_LEFTOVER.search(path.read_text()), f"leftover Jinja in {path}"
+
+
+def test_package_and_command_are_named_from_the_answers(
+    rendered: tuple[Path, dict[str, Any]],
+) -> None:
+    project, answers = rendered
+    package = project / "src" / answers["package_name"]
+    for module in ("client", "tasks", "flows", "settings", "credentials", "cli"):
+        assert (package / f"{module}.py").is_file()
+    assert (package / "fake" / "__init__.py").is_file()
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    assert pyproject["project"]["name"] == answers["project_slug"]
+    assert pyproject["project"]["requires-python"] == f">={answers['python_version']}"
+    assert pyproject["project"]["scripts"] == {
+        answers["project_slug"]: f"{answers['package_name']}.cli:app"
+    }
+
+
+def test_audiences_land_in_the_one_settings_file(rendered: tuple[Path, dict[str, Any]]) -> None:
+    project, answers = rendered
+    settings = tomllib.loads(
+        (project / "src" / answers["package_name"] / "settings.toml").read_text()
+    )
+    assert settings["api_url"] == answers["api_base_url"]
+    assert settings["api_key_block"] == answers["api_key_block"]
+    assert settings["audiences"] == {
+        a["name"]: {k: a[k] for k in ("mailbox", "oversight_mode", "purpose")}
+        for a in answers["audiences"]
+    }
+    assert settings["digest"]["audience"] in settings["audiences"]
+    assert settings["replies"]["audience"] in settings["audiences"]
+    # Flows and tasks name audiences, never a mode or a mailbox: settings.toml decides those.
+    for module in ("flows.py", "tasks.py"):
+        text = (project / "src" / answers["package_name"] / module).read_text()
+        for mode in ("read_only", "gated_all", "gated_send", "monitored", "autonomous"):
+            assert f'"{mode}"' not in text, f"{module} names the oversight mode {mode}"
+        for audience in answers["audiences"]:
+            assert f'"{audience["mailbox"]}"' not in text
+
+
+def test_deployments_use_the_pool_schedule_and_only_the_block_name(
+    rendered: tuple[Path, dict[str, Any]],
+) -> None:
+    project, answers = rendered
+    config = yaml.safe_load((project / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in config["deployments"]}
+    assert set(deployments) == {"status-digest", "answer-inbound"}
+    digest = deployments["status-digest"]
+    assert digest["schedules"] == [{"cron": answers["digest_schedule"], "timezone": "UTC"}]
+    for deployment in deployments.values():
+        assert deployment["work_pool"]["name"] == answers["work_pool_name"]
+        env = deployment["work_pool"]["job_variables"]["env"]
+        assert env == {"MULTIMAIL_API_KEY_BLOCK": answers["api_key_block"]}
+        module, _, function = deployment["entrypoint"].rpartition(".")
+        source = project / "src" / Path(*module.split(".")).with_suffix(".py")
+        assert f"def {function}(" in source.read_text()
+
+
+def test_answers_file_records_answers_and_nothing_else(
+    rendered: tuple[Path, dict[str, Any]],
+) -> None:
+    project, answers = rendered
+    text = (project / ".copier-answers.yml").read_text()
+    assert "_copier_conf" not in text
+    assert not re.search(r"mm_live_|whsec_|api_key:", text)
+    assert answers["_src_path"]
+
+
+def test_rendered_project_is_ruff_clean(rendered: tuple[Path, dict[str, Any]]) -> None:
+    project, _ = rendered
+    ruff = [sys.executable, "-m", "ruff"]
+    run([*ruff, "check", "--no-cache", "."], cwd=project)
+    run([*ruff, "format", "--check", "--no-cache", "."], cwd=project)
+
+
+def test_default_answers_match_the_issue(render: Render) -> None:
+    project = render(DEFAULT)
+    settings = tomllib.loads((project / "src/my_mail_flows/settings.toml").read_text())
+    assert {n: a["oversight_mode"] for n, a in settings["audiences"].items()} == {
+        "customers": "gated_send",
+        "internal": "autonomous",
+    }
