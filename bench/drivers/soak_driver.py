@@ -1,0 +1,118 @@
+"""Runs inside a generated project's environment (see bench/soak.py): the fault soak itself."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import tempfile
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+
+FAULTS: list[dict[str, Any]] = [
+    {"status": 503, "error_rate": 0.10},
+    {"status": 429, "retry_after": 0, "error_rate": 0.06},
+    {"drop_response": True, "error_rate": 0.10},  # applied, then the answer is lost
+    {"latency": 1.0, "error_rate": 0.06},  # longer than the client's 0.5 s timeout
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--package", required=True)
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=16)
+    args = parser.parse_args()
+
+    # The production retry policy, with short delays and enough retries for a 30% fault rate
+    # (the chance that 11 attempts in a row fail is 0.3**11, about 2e-6).
+    os.environ.update(
+        MULTIMAIL_RETRIES="10",
+        MULTIMAIL_RETRY_BACKOFF_SECONDS="0.02",
+        MULTIMAIL_TIMEOUT_SECONDS="0.5",
+        PREFECT_LOGGING_LEVEL="ERROR",
+        PREFECT_SERVER_LOGGING_LEVEL="CRITICAL",  # no shutdown noise from the test server
+        PREFECT_HOME=tempfile.mkdtemp(prefix="soak-prefect-home-"),
+    )
+    package = args.package
+    fake_module = importlib.import_module(f"{package}.fake")
+    credentials = importlib.import_module(f"{package}.credentials")
+    demo = importlib.import_module(f"{package}.demo")
+
+    with fake_module.FakeMultiMail() as fake:
+        os.environ["MULTIMAIL_API_URL"] = fake.base_url
+        os.environ["MULTIMAIL_API_KEY"] = fake.create_key(["read", "send", "admin"])
+        credentials.reset()
+        settings = credentials.current_settings()
+        demo.provision_on_fake(fake, credentials.shared_client(), settings)
+        audience = settings.replies.audience
+
+        from prefect import flow
+        from prefect.task_runners import ThreadPoolTaskRunner
+        from prefect.testing.utilities import prefect_test_harness
+
+        tasks = importlib.import_module(f"{package}.tasks")
+
+        runner: Any = ThreadPoolTaskRunner(max_workers=args.workers)
+
+        @flow(task_runner=runner)
+        def soak(n: int) -> list[str]:
+            futures = [
+                tasks.send_email.submit(
+                    audience,
+                    ["soak@example.com"],
+                    f"soak #{i}",
+                    f"message {i}",
+                    idempotency_key=tasks.message_key("soak", str(i)),
+                )
+                for i in range(n)
+            ]
+            states = [future.wait() or future.state for future in futures]
+            return [str(state.type.value) for state in states]
+
+        for seed, rule in enumerate(FAULTS):
+            response = httpx.post(
+                f"{fake.base_url}/_fake/faults", json={"path_prefix": "/v1/", "seed": seed, **rule}
+            )
+            response.raise_for_status()
+
+        with prefect_test_harness(server_startup_timeout=120):
+            started = time.monotonic()
+            final_states = soak(args.messages)
+            wall = time.monotonic() - started
+
+        fired = sum(r["fired"] for r in httpx.get(f"{fake.base_url}/_fake/faults").json()["faults"])
+        httpx.delete(f"{fake.base_url}/_fake/faults").raise_for_status()
+        client = credentials.shared_client()
+        mailbox = client.mailbox_id(settings.audience(audience).mailbox)
+        subjects: Counter[str] = Counter()
+        cursor = None
+        while True:
+            page = client.list_emails(mailbox, direction="outbound", limit=100, cursor=cursor)
+            subjects.update(e.subject for e in page.emails)
+            if page.cursor is None:
+                break
+            cursor = page.cursor
+
+    wanted = {f"soak #{i}" for i in range(args.messages)}
+    delivered = len(wanted & set(subjects))
+    duplicates = sum(count - 1 for subject, count in subjects.items() if subject in wanted)
+    lost = len(wanted - set(subjects))
+    failed_tasks = sum(1 for state in final_states if state != "COMPLETED")
+    print(f"messages:        {args.messages} logical sends, {args.workers} concurrent task runs")
+    # Every faulted request is followed by one more attempt; each message ends in one success.
+    share = fired / (fired + args.messages)
+    print(f"faults injected: {fired} ({share:.0%} of {fired + args.messages} send requests)")
+    print(f"delivered:       {delivered}")
+    print(f"duplicates:      {duplicates}")
+    print(f"lost:            {lost}")
+    print(f"failed tasks:    {failed_tasks}")
+    print(f"wall time:       {wall:.1f} s ({args.messages / wall:.0f} messages/s)")
+    raise SystemExit(0 if (delivered, duplicates, lost) == (args.messages, 0, 0) else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The API key never lands in a log line, a task result or the Prefect database."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+from pydantic import SecretStr
+
+from .. import credentials
+from ..demo import Operator
+from ..fake import FakeMultiMail
+from ..flows import answer_inbound, status_digest
+from ..provision import MailboxState
+from ..redaction import MASK, mask, register_secret
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+
+
+def test_registered_secrets_are_masked_in_text() -> None:
+    register_secret("whsec_" + "ab" * 16)
+    assert mask("sig whsec_" + "ab" * 16 + " end") == f"sig {MASK} end"
+    register_secret("short")  # too short to be a real secret: never masks ordinary words
+    assert mask("a short text") == "a short text"
+
+
+def test_no_key_in_logs_results_or_the_prefect_database(
+    mail_env: list[MailboxState],
+    fake: FakeMultiMail,
+    app_key: SecretStr,
+    approving_operator: Operator,
+) -> None:
+    key = app_key.get_secret_value()
+
+    @flow
+    def careless() -> str:
+        get_run_logger().warning("calling MultiMail with %s", key)  # a log line gone wrong
+        return "done"
+
+    careless()
+    status_digest()
+    audience = credentials.current_settings().replies.audience
+    address = next(s.address for s in mail_env if s.audience == audience)
+    answer_inbound(
+        fake.deliver_inbound(to=address, sender="a@example.com", subject="Hi", markdown="?")
+    )
+
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + 15
+        messages: list[str] = []
+        while time.monotonic() < deadline:
+            messages = [log.message for log in client.read_logs()]
+            if any("calling MultiMail with" in m for m in messages):
+                break
+            time.sleep(0.25)
+        runs = client.read_flow_runs()
+    assert f"calling MultiMail with {MASK}" in messages
+    assert not [m for m in messages if key in m]
+    assert all(key not in str(run.parameters) for run in runs)
+
+    database = Path(str(PREFECT_SERVER_DATABASE_CONNECTION_URL.value()).split("///", 1)[1])
+    stored = b"".join(p.read_bytes() for p in database.parent.glob(database.name + "*"))
+    assert b"calling MultiMail with" in stored  # the log line really reached the database
+    assert key.encode() not in stored
