@@ -1,0 +1,296 @@
+"""`copier update` across template versions, offline, the way a project owner runs it.
+
+A throwaway git repository holds two tagged versions of the template: `v1.0.0` is this working
+tree as it is; `v1.1.0` adds a file (and a `.env`), changes two shared files and renames the
+question `author_name` to `maintainer_name`, with a `_migrations` entry that carries the answer
+over (migrations make Copier ask for `--trust`, so the updates pass `unsafe=True`). Projects are
+generated from `v1.0.0`, committed, edited by their owner, then updated to `v1.1.0`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import copier
+import pytest
+import yaml
+from copier.errors import UnsafeTemplateError
+
+from .conftest import REPO
+
+OLD = "v1.0.0"
+NEW = "v1.1.0"
+PACKAGE = "owner_flows"
+OWNER_ANSWERS: dict[str, Any] = {
+    "project_name": "Owner Flows",
+    "author_name": "Owner Team",
+    "audiences": [
+        {
+            "name": "customers",
+            "mailbox": "care",
+            "oversight_mode": "gated_send",
+            "purpose": "Customer replies, approved by a human.",
+        },
+        {
+            "name": "internal",
+            "mailbox": "status",
+            "oversight_mode": "autonomous",
+            "purpose": "Status mail to the team.",
+        },
+    ],
+}
+# The same answers under v1.1.0's question names.
+NEW_ANSWERS: dict[str, Any] = {
+    **{k: v for k, v in OWNER_ANSWERS.items() if k != "author_name"},
+    "maintainer_name": OWNER_ANSWERS["author_name"],
+}
+# What v1.1.0 brings: a new file and a new section in two files every project has.
+NEW_FILE = "docs/operations.md"
+NEW_README_SECTION = "## Operations (added in v1.1.0)"
+NEW_SETTINGS_COMMENT = "# Since v1.1.0: see docs/operations.md before changing an oversight mode."
+NEW_DOTENV = "# Local settings (git-ignored).\nMULTIMAIL_API_KEY=\n"
+RENAME_MIGRATION = """\
+\"\"\"v1.1.0: the answer `author_name` is now `maintainer_name`.\"\"\"
+
+import pathlib
+import re
+
+answers = pathlib.Path(".copier-answers.yml")
+answers.write_text(re.sub(r"^author_name:", "maintainer_name:", answers.read_text(), flags=re.M))
+"""
+# Git identity and no signing, whatever the machine's git config says.
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Template Tests",
+    "GIT_AUTHOR_EMAIL": "tests@localhost",
+    "GIT_COMMITTER_NAME": "Template Tests",
+    "GIT_COMMITTER_EMAIL": "tests@localhost",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+IGNORED = shutil.ignore_patterns(
+    "__pycache__", "*.pyc", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".venv"
+)
+
+
+def git(cwd: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["git", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **GIT_ENV},
+    )
+    if result.returncode != 0:
+        pytest.fail(f"git {' '.join(args)} failed in {cwd}:\n{result.stderr}")
+    return result.stdout
+
+
+def commit_all(cwd: Path, message: str) -> None:
+    git(cwd, "add", "--all")
+    git(cwd, "commit", "--quiet", "--no-verify", "-m", message)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under `root` but git's own, by relative path."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".git" not in p.relative_to(root).parts
+    }
+
+
+def init_template_repo(repo: Path, tag: str) -> Path:
+    """Copy this working tree's template into `repo`, commit it and tag the clean commit."""
+    repo.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / "copier.yml", repo / "copier.yml")
+    for folder in ("template", "hooks"):
+        shutil.copytree(REPO / folder, repo / folder, ignore=IGNORED)
+    git(repo, "init", "--quiet", "--initial-branch=main")
+    commit_all(repo, "template as in the working tree")
+    git(repo, "tag", tag)
+    return repo
+
+
+def _make_v1_1_0(repo: Path) -> None:
+    config = (repo / "copier.yml").read_text()
+    assert "\nauthor_name:" in config
+    config = config.replace("author_name", "maintainer_name")
+    config += textwrap.dedent(
+        """
+        _migrations:
+          - version: v1.1.0
+            when: "{{ _stage == 'before' }}"
+            command: ["{{ _copier_python }}", "{{ _copier_conf.src_path }}/migrations/rename.py"]
+        """
+    )
+    (repo / "copier.yml").write_text(config)
+    (repo / "migrations").mkdir()
+    (repo / "migrations" / "rename.py").write_text(RENAME_MIGRATION)
+    pyproject = repo / "template" / "pyproject.toml.jinja"
+    pyproject.write_text(pyproject.read_text().replace("author_name", "maintainer_name"))
+    # A version that starts rendering a .env: `_skip_if_exists` must keep the owner's.
+    (repo / "template" / ".env.jinja").write_text(NEW_DOTENV)
+    (repo / "template" / NEW_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (repo / "template" / NEW_FILE).write_text("# Operations\n\nHow to run these flows.\n")
+    readme = repo / "template" / "README.md.jinja"
+    readme.write_text(readme.read_text() + f"\n{NEW_README_SECTION}\n\nSee {NEW_FILE}.\n")
+    settings = repo / "template" / "src" / "{{ package_name }}" / "settings.toml.jinja"
+    lines = settings.read_text().splitlines(keepends=True)
+    lines.insert(1, NEW_SETTINGS_COMMENT + "\n")  # near the top, far from the values
+    settings.write_text("".join(lines))
+
+
+@pytest.fixture(scope="module")
+def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git repository of the template with clean, tagged commits v1.0.0 and v1.1.0."""
+    repo = init_template_repo(tmp_path_factory.mktemp("template-repo"), OLD)
+    _make_v1_1_0(repo)
+    commit_all(repo, "v1.1.0: docs/operations.md, a .env, rename author_name")
+    git(repo, "tag", NEW)
+    assert git(repo, "status", "--porcelain") == ""
+    return repo
+
+
+def generate(template: Path, dst: Path, answers: dict[str, Any], version: str) -> Path:
+    """A project from `version`, as its owner would have it: in git, committed, clean."""
+    copier.run_copy(
+        str(template),
+        dst,
+        data=answers,
+        defaults=True,
+        vcs_ref=version,
+        skip_tasks=True,
+        quiet=True,
+    )
+    git(dst, "init", "--quiet", "--initial-branch=main")
+    commit_all(dst, f"generated from {version}")
+    return dst
+
+
+def update(project: Path, version: str) -> None:
+    copier.run_update(
+        project,
+        vcs_ref=version,
+        overwrite=True,
+        defaults=True,
+        unsafe=True,  # v1.1.0 has a migration
+        quiet=True,
+    )
+
+
+def answers_of(project: Path) -> dict[str, Any]:
+    loaded = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def owned_project(template_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated from v1.0.0, edited and committed by its owner, then updated to v1.1.0."""
+    project = generate(
+        template_repo, tmp_path_factory.mktemp("owned") / "owner-flows", OWNER_ANSWERS, OLD
+    )
+    package = project / "src" / PACKAGE
+    (package / "weekly_report.py").write_text(OWNER_FLOW)
+    settings = package / "settings.toml"
+    text = settings.read_text()
+    assert "approval_timeout_seconds = 3600.0\n" in text
+    settings.write_text(
+        text.replace("approval_timeout_seconds = 3600.0\n", "approval_timeout_seconds = 900.0\n")
+    )
+    commit_all(project, "owner: weekly report flow, shorter approval timeout")
+    (project / ".env").write_bytes(OWNER_DOTENV)  # git-ignored, so the tree stays clean
+    assert git(project, "status", "--porcelain") == ""
+    update(project, NEW)
+    return project
+
+
+OWNER_FLOW = '''\
+"""The owner's own flow; no template version knows about it."""
+
+from prefect import flow
+
+
+@flow
+def weekly_report() -> str:
+    return "weekly"
+'''
+OWNER_DOTENV = b"MULTIMAIL_API_KEY=owner-local-test-value\n"
+
+
+def test_owner_edits_survive_the_update(owned_project: Path) -> None:
+    package = owned_project / "src" / PACKAGE
+    assert (package / "weekly_report.py").read_text() == OWNER_FLOW
+    settings = (package / "settings.toml").read_text()
+    assert "approval_timeout_seconds = 900.0\n" in settings
+    assert "3600.0" not in settings
+    assert NEW_SETTINGS_COMMENT in settings  # the template's change to the same file arrived too
+
+
+def test_dotenv_is_left_alone(owned_project: Path, template_repo: Path) -> None:
+    assert (template_repo / "template" / ".env.jinja").is_file()  # v1.1.0 renders a .env ...
+    assert (owned_project / ".env").read_bytes() == OWNER_DOTENV  # ... but never over the owner's
+
+
+def test_new_file_and_changed_files_arrive_without_conflicts(owned_project: Path) -> None:
+    assert (owned_project / NEW_FILE).is_file()
+    assert NEW_README_SECTION in (owned_project / "README.md").read_text()
+    for path, content in tree(owned_project).items():
+        assert not path.endswith(".rej"), path
+        for line in content.splitlines():
+            assert not line.startswith((b"<<<<<<<", b">>>>>>>")), f"conflict marker in {path}"
+
+
+def test_renamed_question_keeps_its_answer(owned_project: Path) -> None:
+    answers = answers_of(owned_project)
+    assert answers["_commit"] == NEW
+    assert answers["maintainer_name"] == OWNER_ANSWERS["author_name"]
+    assert "author_name" not in answers
+    pyproject = (owned_project / "pyproject.toml").read_text()
+    assert f'name = "{OWNER_ANSWERS["author_name"]}"' in pyproject
+
+
+def test_updating_gives_the_same_files_as_a_fresh_copy(template_repo: Path, tmp_path: Path) -> None:
+    updated = generate(template_repo, tmp_path / "updated", OWNER_ANSWERS, OLD)
+    update(updated, NEW)
+    fresh = generate(template_repo, tmp_path / "fresh", NEW_ANSWERS, NEW)
+    assert tree(updated).keys() == tree(fresh).keys()
+    assert tree(updated) == tree(fresh)
+
+
+def test_updating_to_the_same_version_changes_nothing(template_repo: Path, tmp_path: Path) -> None:
+    project = generate(template_repo, tmp_path / "project", NEW_ANSWERS, NEW)
+    before = tree(project)
+    update(project, NEW)
+    assert tree(project) == before
+    assert git(project, "status", "--porcelain") == ""
+
+
+def test_an_update_without_trust_is_refused_and_changes_nothing(
+    template_repo: Path, tmp_path: Path
+) -> None:
+    """Why docs/upgrading.md says `--trust`: the template has tasks and v1.1.0 a migration."""
+    project = generate(template_repo, tmp_path / "project", OWNER_ANSWERS, OLD)
+    before = tree(project)
+    with pytest.raises(UnsafeTemplateError, match="migrations, tasks"):
+        copier.run_update(project, vcs_ref=NEW, overwrite=True, defaults=True, quiet=True)
+    assert tree(project) == before
+
+
+def test_the_upgrade_guide_is_linked_and_every_release_has_an_upgrading_note() -> None:
+    guide = (REPO / "docs" / "upgrading.md").read_text()
+    assert "uv run copier update --trust --defaults" in guide
+    assert "<<<<<<< before updating" in guide
+    assert "(docs/upgrading.md)" in (REPO / "README.md").read_text()
+    changelog = (REPO / "CHANGELOG.md").read_text()
+    releases = re.split(r"^## ", changelog, flags=re.MULTILINE)[1:]
+    versions = [r for r in releases if re.match(r"\[?\d+\.\d+\.\d+", r)]
+    assert versions, "no release in CHANGELOG.md"
+    for release in versions:
+        assert "### Upgrading" in release, release.splitlines()[0]
