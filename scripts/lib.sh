@@ -4,15 +4,23 @@
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 ensure_uv() {
-    if command -v uv >/dev/null 2>&1; then
+    if uv --version >/dev/null 2>&1; then
         return
     fi
     echo "Installing uv with pip..." >&2
     python3 -m pip install --quiet uv 2>/dev/null \
-        || python3 -m pip install --quiet --user uv \
+        || python3 -m pip install --quiet --user uv 2>/dev/null \
         || python3 -m pip install --quiet --user --break-system-packages uv
-    export PATH="$HOME/.local/bin:$PATH"
-    command -v uv >/dev/null 2>&1 || { echo "uv could not be installed with pip" >&2; exit 1; }
+    # pip may put it where PATH does not look yet (a fresh --user base, an un-rehashed pyenv).
+    local dir
+    for dir in "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')" \
+               "$(python3 -m site --user-base)/bin"; do
+        if [ -x "$dir/uv" ]; then
+            export PATH="$dir:$PATH"
+            break
+        fi
+    done
+    uv --version >/dev/null 2>&1 || { echo "uv could not be installed with pip" >&2; exit 1; }
 }
 
 ensure_tooling() {
