@@ -19,7 +19,9 @@ SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 @pytest.mark.parametrize(
     "scopes", [["read", "send", "admin"], ["oversight", "read"]], ids=["agent", "operator"]
 )
-def test_fuzzing_the_openapi_schema_finds_no_server_error(fake_url: str, scopes: list[str]) -> None:
+def test_fuzzing_the_openapi_schema_finds_no_server_error(
+    fake_url: str, scopes: list[str], tmp_path: Path
+) -> None:
     key = httpx.post(f"{fake_url}/_fake/keys", json={"scopes": scopes}).json()["api_key"]
     result = subprocess.run(
         [
