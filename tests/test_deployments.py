@@ -39,6 +39,11 @@ with prefect_test_harness(server_startup_timeout=120):
             "entrypoint": d.entrypoint,
             "pool": d.work_pool_name,
             "crons": [s.schedule.cron for s in d.schedules if hasattr(s.schedule, "cron")],
+            "intervals": [
+                s.schedule.interval.total_seconds()
+                for s in d.schedules
+                if hasattr(s.schedule, "interval")
+            ],
             "job_variables": d.job_variables,
             "parameters": d.parameters,
         }
@@ -54,10 +59,15 @@ def test_prefect_deploys_every_deployment_as_configured(installed_project: Path)
         [str(python), "-c", DEPLOY, answers["work_pool_name"]], cwd=installed_project, timeout=300
     )
     deployed = {d["name"]: d for d in json.loads(result.stdout.strip().splitlines()[-1])}
-    assert set(deployed) == {"status-digest/status-digest", "answer-inbound/answer-inbound"}
+    assert set(deployed) == {
+        "status-digest/status-digest",
+        "answer-inbound/answer-inbound",
+        "expire-approval-waits/expire-approval-waits",
+    }
     package = answers["package_name"]
     assert deployed["status-digest/status-digest"]["entrypoint"] == f"{package}.flows.status_digest"
     assert deployed["status-digest/status-digest"]["crons"] == [answers["digest_schedule"]]
+    assert deployed["expire-approval-waits/expire-approval-waits"]["intervals"] == [900.0]
     for deployment in deployed.values():
         assert deployment["pool"] == answers["work_pool_name"]
         assert deployment["job_variables"] == {

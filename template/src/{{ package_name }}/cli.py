@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -35,6 +35,13 @@ def provision_command(
         list[str] | None,
         typer.Option(help="AUDIENCE=CODE: apply an upgrade code the operator received."),
     ] = None,
+    request_upgrade: Annotated[
+        bool,
+        typer.Option(
+            help="Where a mode must be loosened and no --code is given, ask MultiMail to mail "
+            "the operator a one-time code (at most 3 an hour per mailbox)."
+        ),
+    ] = False,
     webhook_url: Annotated[
         str | None,
         typer.Option(
@@ -53,7 +60,8 @@ def provision_command(
         if not sep or not value:
             raise typer.BadParameter(f"expected AUDIENCE=CODE, got {item!r}", param_hint="--code")
         codes[audience] = value
-    for state in provision(shared_client(), current_settings(), codes):
+    states = provision(shared_client(), current_settings(), codes, request_upgrades=request_upgrade)
+    for state in states:
         mark = "ok" if state.ready else "pending"
         typer.echo(
             f"[{mark}] {state.audience}: {state.address} is {state.mode} "
@@ -62,6 +70,10 @@ def provision_command(
         if "upgrade_requested" in state.actions:
             typer.echo(
                 f"       the operator received a code; run: provision --code {state.audience}=CODE"
+            )
+        elif "upgrade_needed" in state.actions:
+            typer.echo(
+                "       loosening needs the operator's code: run provision --request-upgrade"
             )
     if webhook_url:
         subscription = subscribe_receiver(shared_client(), webhook_url)
@@ -82,16 +94,23 @@ def serve() -> None:
     from prefect.deployments.runner import RunnerDeployment
     from prefect.types.entrypoint import EntrypointType
 
-    from .flows import answer_inbound, status_digest
+    from .flows import answer_inbound, expire_approval_waits, status_digest
 
-    # Module paths, not file paths: the flows use relative imports inside the package.
-    deployments = [
-        RunnerDeployment.from_flow(
-            flow, name="local", entrypoint_type=EntrypointType.MODULE_PATH, tags=["multimail"]
+    def local(flow: Any, **schedule: Any) -> RunnerDeployment:
+        # Module paths, not file paths: the flows use relative imports inside the package.
+        return RunnerDeployment.from_flow(
+            flow,
+            name="local",
+            entrypoint_type=EntrypointType.MODULE_PATH,
+            tags=["multimail"],
+            **schedule,
         )
-        for flow in (status_digest, answer_inbound)
-    ]
-    serve_deployments(*deployments)
+
+    serve_deployments(
+        local(status_digest),
+        local(answer_inbound),
+        local(expire_approval_waits, interval=900),
+    )
 
 
 @app.command()
@@ -101,7 +120,10 @@ def resume(
         str | None, typer.Option(help="Audience of its mailbox (default: the replies one).")
     ] = None,
 ) -> None:
-    """Resume the flow run suspended while waiting for a decision on EMAIL_ID."""
+    """Resume the flow run suspended while waiting for a decision on EMAIL_ID.
+
+    Resumed before anyone decided, the run cancels the email and reports timed_out.
+    """
     import asyncio
 
     from .approvals import FLOW_RUN_TAG, resume_waiting_run

@@ -51,7 +51,9 @@ def _fix(status_code: int, message: str, path: str) -> str | None:
         named = [
             f"{_ID_KINDS[kind]} {value}" for kind, value in pairwise(parts) if kind in _ID_KINDS
         ]
-        return f"check that {' and '.join(named) or path} exist(s) in this MultiMail account"
+        if not named:
+            return "check the ids given to this call (they must exist in this MultiMail account)"
+        return f"check that {' and '.join(named)} exist(s) in this MultiMail account"
     if status_code in (400, 422):
         return "the request was invalid: fix the field named above"
     return None
@@ -149,7 +151,13 @@ class MultiMailClient:
         json: Mapping[str, Any] | None = None,
         params: Mapping[str, str | int] | None = None,
     ) -> dict[str, Any]:
-        response = self._http.request(method, path, json=json, params=params)
+        try:
+            response = self._http.request(method, path, json=json, params=params)
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as error:
+            raise MultiMailError(
+                f"cannot call {self._http.base_url}{path}: {error}; set api_url in settings.toml "
+                "or MULTIMAIL_API_URL to http(s)://host[:port]"
+            ) from None
         if response.is_success:
             try:
                 data = response.json()
@@ -163,9 +171,13 @@ class MultiMailClient:
             return data
         try:
             body = response.json()
-            message = str(body["error"]) if isinstance(body, dict) and "error" in body else ""
         except ValueError:
-            message = ""
+            body = None
+        message = ""
+        if isinstance(body, dict) and "error" in body:
+            message = str(body["error"])
+            if body.get("hint"):  # some 429s explain themselves (quota, daily limit)
+                message += f" ({body['hint']})"
         raise MultiMailAPIError(
             status_code=response.status_code,
             message=message or response.reason_phrase or "no error message",

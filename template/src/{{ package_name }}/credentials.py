@@ -30,11 +30,16 @@ def _resolve(from_env: SecretStr | None, env_name: str, block_name: str, what: s
 
     try:
         secret = cast(Secret[str], Secret.load(block_name))
-    except Exception as error:  # not found, or no Prefect API reachable: same fix either way
+    except ValueError as error:  # Prefect's answer when no block has that name
         raise MissingSecretError(
             f"no {what}: set {env_name} (locally, e.g. in .env), or create the Prefect Secret "
-            f"block {block_name!r} for deployments (`prefect block create secret`). Loading "
-            f"that block failed: {error}"
+            f"block {block_name!r} for deployments (`prefect block create secret`)"
+        ) from error
+    except Exception as error:  # the Prefect API itself could not be asked
+        raise MissingSecretError(
+            f"no {what} in {env_name}, and the Prefect Secret block {block_name!r} could not be "
+            f"loaded: {error}. Check PREFECT_API_URL (is the Prefect server reachable?), or set "
+            f"{env_name} instead"
         ) from error
     value = str(secret.get())
     register_secret(value)

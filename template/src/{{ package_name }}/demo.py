@@ -93,7 +93,7 @@ def provision_on_fake(
     fake: FakeMultiMail, client: MultiMailClient, settings: Settings
 ) -> list[MailboxState]:
     """Provision, then apply the upgrade codes the fake mailed its operator (a human's job)."""
-    states = provision(client, settings)
+    states = provision(client, settings, request_upgrades=True)
     requested = {s.mailbox_id: s.audience for s in states if "upgrade_requested" in s.actions}
     if not requested:
         return states

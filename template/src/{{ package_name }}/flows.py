@@ -11,14 +11,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
 
-from .approvals import WaitMode, await_delivery
+from .approvals import WaitMode, await_delivery, resume_expired_waits
 from .credentials import current_settings
 from .models import Email
 from .tasks import (
     Delivery,
     Outcome,
-    check_inbox,
-    list_awaiting_approval,
+    count_emails,
     message_key,
     read_email,
     reply_to_email,
@@ -53,9 +52,9 @@ def status_digest(recipients: list[str] | None = None, wait: WaitMode = "auto") 
     settings = current_settings()
     rows = []
     for name, audience in settings.audiences.items():
-        unread = check_inbox(name)
-        waiting = list_awaiting_approval(name)
-        rows.append(f"| {name} | {audience.oversight_mode} | {len(unread)} | {len(waiting)} |")
+        unread = count_emails(name, "unread", "inbound")
+        waiting = count_emails(name, "pending_send_approval", "outbound")
+        rows.append(f"| {name} | {audience.oversight_mode} | {unread} | {waiting} |")
     today = datetime.now(UTC).date().isoformat()
     markdown = "\n".join(
         [
@@ -119,3 +118,16 @@ def answer_inbound(
         outcome=delivery.outcome,
         approved_by=delivery.approved_by,
     )
+
+
+@flow(name="expire-approval-waits")
+async def expire_approval_waits() -> list[str]:
+    """Wake the runs suspended on a decision for longer than approval_timeout_seconds.
+
+    Each one cancels its still-pending email and reports `timed_out`. Scheduled every 15
+    minutes in prefect.yaml and by `serve`.
+    """
+    resumed = await resume_expired_waits()
+    if resumed:
+        get_run_logger().info("Resumed %d expired approval wait(s): %s", len(resumed), resumed)
+    return resumed

@@ -3,7 +3,9 @@
 MultiMail lets a key *tighten* a mailbox's oversight mode at once but not loosen it: loosening
 takes a one-time code that MultiMail mails to the account's operator. So provisioning is two
 runs when an audience is less restrictive than `gated_send` (the mode new mailboxes start in):
-the first requests the upgrade, the second applies it with the operator's code.
+one with `request_upgrades` asks MultiMail to mail the operator a code, the next applies it.
+Requests are never made unasked: each one mails the operator, and MultiMail allows three an
+hour per mailbox.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from .settings import OversightMode, Settings
 #: What the receiver acts on: the decisions that resume a suspended flow run.
 RECEIVER_EVENTS = ["oversight.approved", "oversight.rejected"]
 
-Action = Literal["unchanged", "created", "tightened", "upgrade_requested", "upgraded"]
+Action = Literal[
+    "unchanged", "created", "tightened", "upgrade_needed", "upgrade_requested", "upgraded"
+]
 
 
 @dataclass(frozen=True)
@@ -40,10 +44,13 @@ def provision(
     client: MultiMailClient,
     settings: Settings,
     upgrade_codes: Mapping[str, str] | None = None,
+    *,
+    request_upgrades: bool = False,
 ) -> list[MailboxState]:
     """Create missing mailboxes and move each to its audience's mode, as far as allowed.
 
-    `upgrade_codes` maps an audience name to the operator's code for a pending upgrade.
+    `upgrade_codes` maps an audience name to the operator's code for a pending upgrade;
+    `request_upgrades` asks for codes where a mode must be loosened and no code is given.
     """
     codes = upgrade_codes or {}
     existing = {m.local_part: m for m in client.list_mailboxes()}
@@ -64,9 +71,11 @@ def provision(
             if name in codes:
                 mode = OversightMode(client.upgrade(mailbox.id, codes[name]) or target.value)
                 actions.append("upgraded")
-            else:
+            elif request_upgrades:
                 client.request_upgrade(mailbox.id, target.value)
                 actions.append("upgrade_requested")
+            else:
+                actions.append("upgrade_needed")
         states.append(
             MailboxState(
                 audience=name,

@@ -17,14 +17,15 @@ MASK = "***"
 # Shorter values would mask ordinary words; real keys and secrets are far longer.
 _MIN_LENGTH = 8
 
-_secrets: set[str] = set()
+# Longest first, replaced whole under the lock, so a reader never sees it change midway.
+_secrets: tuple[str, ...] = ()
 _lock = threading.Lock()
 _installed = False
 
 
 def mask(text: str) -> str:
     """`text` with every registered secret replaced by `***`."""
-    for secret in sorted(_secrets, key=len, reverse=True):
+    for secret in _secrets:
         if secret in text:
             text = text.replace(secret, MASK)
     return text
@@ -34,9 +35,9 @@ def register_secret(value: str) -> None:
     """Mask `value` in all log records from now on."""
     if len(value) < _MIN_LENGTH:
         return
-    global _installed
+    global _installed, _secrets
     with _lock:
-        _secrets.add(value)
+        _secrets = tuple(sorted({*_secrets, value}, key=len, reverse=True))
         if not _installed:
             _install()
             _installed = True

@@ -7,11 +7,20 @@ environment (or the Prefect Secret block, see `credentials.py`), never from the 
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,6 +29,14 @@ from pydantic_settings import (
 )
 
 SETTINGS_FILE = Path(__file__).with_name("settings.toml")
+
+#: Settings that hold secrets: read from the environment (or .env) only, never from the TOML file,
+#: which is committed.
+SECRET_FIELDS = {"api_key": "MULTIMAIL_API_KEY", "webhook_secret": "MULTIMAIL_WEBHOOK_SECRET"}
+
+#: MultiMail remembers an idempotency key for 24 hours. A wait must end well before that, or a
+#: flow rerun after a late decision could send a message a second time.
+MAX_APPROVAL_TIMEOUT_SECONDS = 23 * 3600
 
 
 class OversightMode(StrEnum):
@@ -65,6 +82,20 @@ class ReplySettings(BaseModel):
     audience: str
 
 
+class SettingsFile(TomlConfigSettingsSource):
+    """settings.toml, refusing any secret in it with the variable to use instead."""
+
+    def __call__(self) -> dict[str, Any]:
+        values = super().__call__()
+        for field, variable in SECRET_FIELDS.items():
+            if field in values:
+                raise ValueError(
+                    f"{SETTINGS_FILE.name} must not hold {field}: it is committed. Remove it and "
+                    f"set {variable} in the environment or in the git-ignored .env instead."
+                )
+        return values
+
+
 class Settings(BaseSettings):
     """Everything the client, tasks and flows need to know, validated once."""
 
@@ -89,7 +120,7 @@ class Settings(BaseSettings):
     )
     webhook_secret_block: str
     timeout_seconds: float = Field(default=30.0, gt=0)
-    approval_timeout_seconds: float = Field(default=3600.0, gt=0)
+    approval_timeout_seconds: float = Field(default=3600.0, gt=0, le=MAX_APPROVAL_TIMEOUT_SECONDS)
     retries: int = Field(default=5, ge=0, le=50)
     retry_backoff_seconds: float = Field(default=1.0, ge=0)
     retry_after_cap_seconds: float = Field(default=60.0, ge=0)
@@ -110,8 +141,19 @@ class Settings(BaseSettings):
             init_settings,
             env_settings,
             dotenv_settings,
-            TomlConfigSettingsSource(settings_cls),
+            SettingsFile(settings_cls),
         )
+
+    @field_validator("api_url")
+    @classmethod
+    def _check_api_url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^/\s?#@]+/?", value):
+            raise ValueError(
+                f"api_url must be http(s)://host[:port] without path or credentials, e.g. "
+                f"https://api.multimail.dev (got {value!r}); set it in {SETTINGS_FILE.name} or "
+                "MULTIMAIL_API_URL"
+            )
+        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:

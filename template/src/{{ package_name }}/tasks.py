@@ -29,6 +29,10 @@ from .models import Email, EmailSummary, SendResult, Thread
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: Network trouble worth another attempt: refused or reset connections, timeouts, an answer cut
+#: off. Not a malformed URL or a local protocol error, which no retry would fix.
+TRANSIENT_TRANSPORT_ERRORS = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
+
 #: Statuses of an outbound email that is still on its way to a decision.
 WAITING_STATUSES = frozenset({"pending_scan", "pending_send_approval"})
 
@@ -56,9 +60,12 @@ def is_transient(task: Task[..., object], task_run: TaskRun, state: State[object
         state.result()
     except MultiMailAPIError as error:
         if error.status_code == 429 and error.retry_after:
-            time.sleep(min(error.retry_after, current_settings().retry_after_cap_seconds))
+            cap = current_settings().retry_after_cap_seconds
+            if error.retry_after > cap:
+                return False  # e.g. a monthly quota: no retry within reach would succeed
+            time.sleep(error.retry_after)
         return error.retryable
-    except httpx.TransportError:  # connection refused or reset, timeouts, dropped responses
+    except TRANSIENT_TRANSPORT_ERRORS:
         return True
     except Exception:
         return False
@@ -106,8 +113,16 @@ def _is_duplicate(error: MultiMailAPIError) -> bool:
     return error.status_code == 409 and "duplicate" in error.message.lower()
 
 
-def _as_existing(email: EmailSummary) -> SendResult:
-    return SendResult(id=email.id, status=email.status, thread_id=email.thread_id, idempotent=True)
+def _identical(
+    client: MultiMailClient, mailbox: str, candidates: list[EmailSummary], markdown: str
+) -> SendResult | None:
+    """The candidate whose body is `markdown` too: the message a 409 Duplicate refers to."""
+    for summary in candidates:
+        if client.get_email(mailbox, summary.id).markdown == markdown:
+            return SendResult(
+                id=summary.id, status=summary.status, thread_id=summary.thread_id, idempotent=True
+            )
+    return None
 
 
 @mail_task
@@ -128,10 +143,12 @@ def send_email(
     except MultiMailAPIError as error:
         if not _is_duplicate(error):
             raise
-        for email in client.list_emails(mailbox, direction="outbound", limit=100).emails:
-            if email.subject == subject and sorted(email.to) == sorted(to):
-                return _as_existing(email)
-        raise
+        recent = client.list_emails(mailbox, direction="outbound", limit=100).emails
+        same = [e for e in recent if e.subject == subject and sorted(e.to) == sorted(to)]
+        existing = _identical(client, mailbox, same, markdown)
+        if existing is None:
+            raise
+        return existing
 
 
 @mail_task
@@ -150,9 +167,10 @@ def reply_to_email(audience: str, email_id: str, markdown: str, idempotency_key:
         original = client.get_email(mailbox, email_id)
         thread = client.get_thread(mailbox, original.thread_id or "")
         replies = [e for e in thread.emails if e.direction == "outbound" and e.id > email_id]
-        if not replies:
+        existing = _identical(client, mailbox, replies, markdown)
+        if existing is None:
             raise
-        return _as_existing(replies[-1])
+        return existing
 
 
 @mail_task
@@ -165,6 +183,22 @@ def check_inbox(
         _mailbox(client, audience), status=status, direction="inbound", limit=limit
     )
     return page.emails
+
+
+@mail_task
+def count_emails(audience: str, status: str, direction: Literal["inbound", "outbound"]) -> int:
+    """How many emails of the audience's mailbox have `status` (all pages)."""
+    client = shared_client()
+    mailbox = _mailbox(client, audience)
+    count, cursor = 0, None
+    while True:
+        page = client.list_emails(
+            mailbox, status=status, direction=direction, limit=100, cursor=cursor
+        )
+        count += len(page.emails)
+        if page.cursor is None:
+            return count
+        cursor = page.cursor
 
 
 @mail_task
@@ -265,7 +299,9 @@ def wait_for_decision(
     The task holds its worker while it waits: fine for minutes; for hours, suspend the flow
     instead (`approvals.await_delivery(..., wait="suspend")`).
     """
-    limit = timeout_seconds or current_settings().approval_timeout_seconds
+    limit = current_settings().approval_timeout_seconds
+    if timeout_seconds is not None:
+        limit = timeout_seconds
     return _poll(
         audience,
         email_id,

@@ -103,9 +103,13 @@ def test_timeout_is_retried_and_the_late_request_sends_nothing_twice(
 ) -> None:
     monkeypatch.setenv("MULTIMAIL_TIMEOUT_SECONDS", "0.5")
     credentials.reset()
-    add_fault(fake, path_prefix="/v1/mailboxes/", method="POST", latency=1.5, count=1)
+    add_fault(fake, path_prefix="/v1/mailboxes/", method="POST", latency=3.0, count=1)
+    started = time.monotonic()
     email_id = _send(audience)
-    time.sleep(1.5)  # let the slow first request land too
+    # The task returned long before the slow answer could have: the client gave up at 0.5 s
+    # and the retry got through.
+    assert time.monotonic() - started < 3.0
+    time.sleep(3.0)  # let the slow first request land too
     assert [e.id for e in outbound(client, audience)] == [email_id]
 
 
@@ -135,6 +139,25 @@ def test_a_duplicate_409_resolves_to_the_message_that_exists(
     email_id = _send(audience)
     assert times_fired(fake) == 2
     assert [e.id for e in outbound(client, audience)] == [email_id]
+
+
+def test_a_duplicate_409_never_claims_a_different_message(
+    fake: FakeMultiMail, client: MultiMailClient, audience: str
+) -> None:
+    # Same subject and recipients, another body: not the message the 409 is about.
+    other = send_email(audience, ["ada@example.com"], "Hello", "Another text", "other-key").id
+    add_fault(
+        fake,
+        path_prefix="/v1/mailboxes/",
+        method="POST",
+        status=409,
+        count=1,
+        message="Duplicate email: an identical message was sent within 60 seconds",
+    )
+    with pytest.raises(MultiMailAPIError) as caught:
+        _send(audience, key="k-2")
+    assert caught.value.status_code == 409
+    assert [e.id for e in outbound(client, audience)] == [other]
 
 
 def test_reply_under_a_lost_response_is_sent_once(

@@ -97,6 +97,33 @@ def test_rejected_reply_is_reported_not_retried(
     assert [e.id for e in outbound] == [report.reply_id]
 
 
+def test_an_unanswered_reply_times_out_and_is_cancelled(
+    mail_env: list[MailboxState],
+    fake: FakeMultiMail,
+    client: MultiMailClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    audience = credentials.current_settings().replies.audience
+    mode = credentials.current_settings().audience(audience).oversight_mode
+    if mode not in (OversightMode.GATED_SEND, OversightMode.GATED_ALL):
+        pytest.skip(f"the replies audience is {mode}: nothing waits for a human")
+    monkeypatch.setenv("MULTIMAIL_APPROVAL_TIMEOUT_SECONDS", "1")
+    credentials.reset()
+    inbound = fake.deliver_inbound(
+        to=_replies_address(mail_env),
+        sender="dee@example.com",
+        subject="Anyone?",
+        markdown="Hello?",
+    )
+    report = answer_inbound(inbound, wait="poll")  # no operator: nobody decides
+    assert report.outcome == "timed_out"
+    settings = credentials.current_settings()
+    mailbox = client.mailbox_id(settings.audience(settings.replies.audience).mailbox)
+    # Cancelled, so that a late approval cannot send it behind the flow's back.
+    assert client.get_email(mailbox, report.reply_id).status == "cancelled"
+    credentials.reset()
+
+
 def test_a_mode_change_in_settings_changes_the_flow_without_editing_it(
     fake: FakeMultiMail, app_key: SecretStr, monkeypatch: pytest.MonkeyPatch
 ) -> None:

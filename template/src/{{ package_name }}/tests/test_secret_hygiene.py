@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -26,6 +27,35 @@ def test_registered_secrets_are_masked_in_text() -> None:
     assert mask("sig whsec_" + "ab" * 16 + " end") == f"sig {MASK} end"
     register_secret("short")  # too short to be a real secret: never masks ordinary words
     assert mask("a short text") == "a short text"
+
+
+def test_a_secret_in_an_exception_is_masked_in_the_formatted_record(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secret = "whsec_" + "cd" * 16
+    register_secret(secret)
+    logger = logging.getLogger("some.library")
+    try:
+        raise RuntimeError(f"signing with {secret} failed")
+    except RuntimeError:
+        logger.exception("webhook check failed")
+    formatted = "\n".join(logging.Formatter().format(r) for r in caplog.records)
+    assert "webhook check failed" in formatted
+    assert secret not in formatted
+    assert f"signing with {MASK} failed" in formatted
+
+
+def test_the_webhook_secret_is_masked_once_resolved(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "whsec_" + "ef" * 16
+    monkeypatch.setenv("MULTIMAIL_WEBHOOK_SECRET", secret)
+    credentials.reset()
+    assert credentials.resolve_webhook_secret(credentials.current_settings()).get_secret_value()
+    logging.getLogger("uvicorn.error").warning("bad delivery signed with %s", secret)
+    assert secret not in caplog.text
+    assert MASK in caplog.text
+    credentials.reset()
 
 
 def test_no_key_in_logs_results_or_the_prefect_database(

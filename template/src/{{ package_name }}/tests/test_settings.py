@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
 from ..credentials import MissingSecretError, resolve_api_key
-from ..settings import OversightMode, Settings
+from ..settings import SETTINGS_FILE, OversightMode, Settings, SettingsFile
 
 
 def test_rendered_settings_load_and_name_every_audience() -> None:
@@ -31,6 +33,33 @@ def test_a_bad_mode_is_refused_with_the_accepted_values(monkeypatch: pytest.Monk
     name = Settings().replies.audience
     monkeypatch.setenv(f"MULTIMAIL_AUDIENCES__{name.upper()}__OVERSIGHT_MODE", "yolo")
     with pytest.raises(ValidationError, match="autonomous"):
+        Settings()
+
+
+def test_a_secret_in_the_settings_file_is_refused_with_the_variable_to_use(
+    tmp_path: Path,
+) -> None:
+    copy = tmp_path / "settings.toml"
+    key = "mm_live_" + "0123456789abcdef" * 2
+    copy.write_text(f'api_key = "{key}"\n' + SETTINGS_FILE.read_text())
+    with pytest.raises(ValueError, match="MULTIMAIL_API_KEY") as caught:
+        SettingsFile(Settings, toml_file=copy)()
+    assert key not in str(caught.value)
+    assert SettingsFile(Settings, toml_file=SETTINGS_FILE)()["audiences"]  # the real one loads
+
+
+@pytest.mark.parametrize("url", ["api.multimail.dev", "https://api.multimail.dev/v1", "ftp://x"])
+def test_a_bad_api_url_names_the_setting(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("MULTIMAIL_API_URL", url)
+    with pytest.raises(ValidationError, match="MULTIMAIL_API_URL"):
+        Settings()
+
+
+def test_an_approval_timeout_beyond_the_idempotency_window_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MULTIMAIL_APPROVAL_TIMEOUT_SECONDS", str(24 * 3600))
+    with pytest.raises(ValidationError, match="approval_timeout_seconds"):
         Settings()
 
 

@@ -5,6 +5,7 @@ deployment in their own process, the receiver on loopback, the fake sending webh
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -20,10 +21,14 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL
 from pydantic import SecretStr
+from typer.testing import CliRunner
 
 from .. import credentials
+from ..approvals import resume_expired_waits
+from ..cli import app
 from ..client import MultiMailClient
 from ..fake import FakeMultiMail
+from ..models import EmailSummary
 from ..provision import MailboxState, subscribe_receiver
 from ..receiver import create_receiver
 from ..serving import BackgroundServer
@@ -100,6 +105,76 @@ def _wait_for_state(run_id: UUID, *, final: bool, timeout: float = 60) -> FlowRu
     pytest.fail(f"flow run {run_id} did not become {'final' if final else 'paused'}: {state}")
 
 
+def _suspended_answer(
+    fake: FakeMultiMail, mail_env: list[MailboxState], subject: str
+) -> tuple[str, UUID]:
+    """Start answer-inbound on a new inbound email, waiting by suspension; wait until it is."""
+    audience = credentials.current_settings().replies.audience
+    address = next(s.address for s in mail_env if s.audience == audience)
+    inbound = fake.deliver_inbound(
+        to=address, sender="ada@example.com", subject=subject, markdown="Where is it?"
+    )
+    run = cast(
+        FlowRun,
+        run_deployment(
+            "answer-inbound/local", parameters={"email_id": inbound, "wait": "suspend"}, timeout=0
+        ),
+    )
+    suspended = _wait_for_state(run.id, final=False)
+    assert suspended.state is not None
+    assert suspended.state.name == "Suspended"
+    return inbound, run.id
+
+
+def _replies(client: MultiMailClient) -> list[EmailSummary]:
+    settings = credentials.current_settings()
+    mailbox = client.mailbox_id(settings.audience(settings.replies.audience).mailbox)
+    return client.list_emails(mailbox, direction="outbound").emails
+
+
+def _inbound_state(client: MultiMailClient, inbound: str) -> str:
+    settings = credentials.current_settings()
+    mailbox = client.mailbox_id(settings.audience(settings.replies.audience).mailbox)
+    return client.get_tags(mailbox, inbound)["state"]
+
+
+def test_the_resume_command_continues_a_decided_run(
+    fake: FakeMultiMail,
+    client: MultiMailClient,
+    operator_client: MultiMailClient,
+    mail_env: list[MailboxState],
+    served_flows: None,
+) -> None:
+    inbound, run_id = _suspended_answer(fake, mail_env, "Resume by hand")
+    (pending,) = operator_client.list_pending()
+    operator_client.decide(pending.id, "approve")  # no receiver subscribed: nothing resumes
+
+    result = CliRunner().invoke(app, ["resume", pending.id])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("resumed")
+    finished = _wait_for_state(run_id, final=True)
+    assert finished.state is not None
+    assert finished.state.is_completed()
+    assert _inbound_state(client, inbound) == "reply-sent"
+
+
+def test_an_expired_wait_is_woken_cancelled_and_reported_timed_out(
+    fake: FakeMultiMail,
+    client: MultiMailClient,
+    mail_env: list[MailboxState],
+    served_flows: None,
+) -> None:
+    inbound, run_id = _suspended_answer(fake, mail_env, "Nobody answers")
+    assert asyncio.run(resume_expired_waits(older_than_seconds=3600)) == []  # not due yet
+    time.sleep(1.5)
+    assert asyncio.run(resume_expired_waits(older_than_seconds=1)) == [str(run_id)]
+    finished = _wait_for_state(run_id, final=True)
+    assert finished.state is not None
+    assert finished.state.is_completed()
+    assert _inbound_state(client, inbound) == "reply-timed_out"
+    assert [reply.status for reply in _replies(client)] == ["cancelled"]
+
+
 @pytest.mark.parametrize(("action", "outcome"), [("approve", "sent"), ("reject", "rejected")])
 def test_a_suspended_flow_is_resumed_by_the_decision_webhook(
     fake: FakeMultiMail,
@@ -111,31 +186,15 @@ def test_a_suspended_flow_is_resumed_by_the_decision_webhook(
     action: str,
     outcome: str,
 ) -> None:
-    settings = credentials.current_settings()
-    audience = settings.replies.audience
-    address = next(s.address for s in mail_env if s.audience == audience)
-    inbound = fake.deliver_inbound(
-        to=address, sender="ada@example.com", subject="Invoice?", markdown="Where is it?"
-    )
-    run = cast(
-        FlowRun,
-        run_deployment(
-            "answer-inbound/local", parameters={"email_id": inbound, "wait": "suspend"}, timeout=0
-        ),
-    )
-    suspended = _wait_for_state(run.id, final=False)
-    assert suspended.state is not None
-    assert suspended.state.name == "Suspended"
-
+    inbound, run_id = _suspended_answer(fake, mail_env, "Invoice?")
     pending = operator_client.list_pending()
     assert [p.subject for p in pending] == ["Re: Invoice?"]
     operator_client.decide(pending[0].id, action)  # type: ignore[arg-type]
 
-    finished = _wait_for_state(run.id, final=True)
+    finished = _wait_for_state(run_id, final=True)
     assert finished.state is not None
     assert finished.state.is_completed(), finished.state
-    mailbox = client.mailbox_id(settings.audience(audience).mailbox)
-    assert client.get_tags(mailbox, inbound)["state"] == f"reply-{outcome}"
-    replies = client.list_emails(mailbox, direction="outbound").emails
+    assert _inbound_state(client, inbound) == f"reply-{outcome}"
+    replies = _replies(client)
     assert len(replies) == 1  # the rerun from the top sent nothing twice
     assert replies[0].status == outcome

@@ -9,14 +9,20 @@ from prefect.states import Completed, Failed
 
 from .. import credentials
 from ..client import MultiMailAPIError
+from ..credentials import MissingSecretError
 from ..fake import FakeMultiMail
 from ..provision import MailboxState
 from ..tasks import (
+    cancel_email,
     check_inbox,
+    count_emails,
     get_email_status,
+    get_thread,
     is_transient,
+    list_awaiting_approval,
     message_key,
     read_email,
+    reply_to_email,
     send_email,
     tag_email,
     wait_for_decision,
@@ -39,12 +45,23 @@ def _api_error(status: int) -> MultiMailAPIError:
         (_api_error(404), False),
         (httpx.ConnectError("refused"), True),
         (httpx.ReadTimeout("slow"), True),
+        (httpx.RemoteProtocolError("cut off"), True),
+        (httpx.UnsupportedProtocol("api_url without http://"), False),
+        (MissingSecretError("no key"), False),
         (ValueError("bug"), False),
     ],
 )
 def test_only_transient_failures_are_retried(error: Exception, retried: bool) -> None:
     state: State[object] = Failed(data=error)
     assert is_transient(send_email, None, state) is retried  # type: ignore[arg-type]
+
+
+def test_a_rate_limit_beyond_the_cap_is_not_retried() -> None:
+    quota = MultiMailAPIError(
+        status_code=429, message="monthly quota", method="POST", path="/send", retry_after=86400
+    )
+    state: State[object] = Failed(data=quota)
+    assert is_transient(send_email, None, state) is False  # type: ignore[arg-type]
 
 
 def test_a_completed_state_is_not_retried() -> None:
@@ -89,3 +106,19 @@ def test_inbox_read_and_tag(mail_env: list[MailboxState], fake: FakeMultiMail) -
     assert read_email.fn(audience, email_id).markdown == "Hello?"
     assert check_inbox.fn(audience) == []  # read now
     assert tag_email.fn(audience, email_id, {"state": "seen"}) == {"state": "seen"}
+
+
+def test_awaiting_approval_thread_count_and_cancel(
+    mail_env: list[MailboxState], fake: FakeMultiMail
+) -> None:
+    audience = credentials.current_settings().replies.audience
+    address = next(s.address for s in mail_env if s.audience == audience)
+    inbound = fake.deliver_inbound(to=address, sender="ada@example.com", subject="Q", markdown="?")
+    reply = reply_to_email.fn(audience, inbound, "An answer", "reply-key")
+    assert get_email_status.fn(audience, reply.id) == "pending_send_approval"
+    assert [e.id for e in list_awaiting_approval.fn(audience)] == [reply.id]
+    assert count_emails.fn(audience, "pending_send_approval", "outbound") == 1
+    thread = get_thread.fn(audience, reply.thread_id or "")
+    assert [e.id for e in thread.emails] == [inbound, reply.id]
+    assert cancel_email.fn(audience, reply.id) == "cancelled"
+    assert list_awaiting_approval.fn(audience) == []
