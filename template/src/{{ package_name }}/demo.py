@@ -80,8 +80,8 @@ class Operator(threading.Thread):
                 action, reason = self._policy(item)
                 self._client.decide(item.id, action, reason)
                 self._echo(
-                    f"  operator {action.removesuffix('e')}ed {item.direction} {item.subject!r}"
-                    + (f": {reason}" if reason else "")
+                    f"  held for approval ({item.status}): {item.direction} {item.subject!r}; "
+                    f"the operator {action}s it" + (f": {reason}" if reason else "")
                 )
 
     def stop(self) -> None:
