@@ -36,9 +36,14 @@ ensure_chromium() {
     if command -v chromium >/dev/null 2>&1; then
         return
     fi
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    local sudo=""
+    if [ "$(id -u)" != 0 ] && sudo -n true 2>/dev/null; then
+        sudo="sudo -n"  # e.g. GitHub's runners: not root, password-less sudo
+    fi
+    if { [ "$(id -u)" = 0 ] || [ -n "$sudo" ]; } && command -v apt-get >/dev/null 2>&1; then
         echo "Installing Debian's chromium for the approval-page browser test..." >&2
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+        ($sudo apt-get update -qq \
+            && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
             >/dev/null 2>&1 || echo "chromium could not be installed; the browser test skips" >&2
     else
         echo "chromium is not installed (run as root, or apt-get install chromium);" \

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -53,10 +52,12 @@ def uv() -> str:
     return found
 
 
-def run(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str], cwd: Path, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a command, failing the test with its output when it fails."""
     result = subprocess.run(
-        args, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+        args, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False, env=env
     )
     if result.returncode != 0:
         pytest.fail(
@@ -87,24 +88,23 @@ def project_command(project: Path, *args: str) -> list[str]:
 
 @pytest.fixture
 def fake_url(installed_project: Path) -> Iterator[str]:
-    """`<project> fake serve` on a free loopback port, as a user would start it."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = project_command(installed_project, "fake", "serve", "--port", str(port))
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(f"{url}/_fake/clock", timeout=1).raise_for_status()
-            break
-        except httpx.TransportError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                output = server.stdout.read().decode() if server.stdout else ""
-                pytest.fail(f"`fake serve` did not come up: {output}")
-            time.sleep(0.2)
+    """`<project> fake serve --port 0`, as a user would start it; its URL read from its output."""
+    command = project_command(installed_project, "fake", "serve", "--port", "0")
+    server = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert server.stdout is not None
+    first_line = server.stdout.readline()  # "Fake MultiMail: http://127.0.0.1:<port> ..."
+    found = re.search(r"http://127\.0\.0\.1:\d+", first_line)
+    if found is None:
+        server.kill()
+        pytest.fail(f"`fake serve` did not come up: {first_line}{server.stdout.read()}")
+    url = found[0]
+    httpx.get(f"{url}/_fake/clock", timeout=5).raise_for_status()
     yield url
     server.terminate()
     server.wait(timeout=10)

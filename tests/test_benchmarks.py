@@ -33,6 +33,29 @@ def test_a_small_fault_soak_delivers_every_message_once(installed_project: Path)
     assert int(figures["faults injected"]) > 0
 
 
+def test_the_latency_benchmark_measures_both_ways_of_waiting(installed_project: Path) -> None:
+    python = installed_project / ".venv" / "bin" / "python"
+    result = run(
+        [
+            str(python),
+            str(REPO / "bench/drivers/latency_driver.py"),
+            "--package",
+            "my_mail_flows",
+            "--flows",
+            "1",
+            "--think",
+            "1",
+            "--runner-poll",
+            "1",
+        ],
+        cwd=installed_project,
+    )
+    held = dict(re.findall(r"^(poll|suspend) .*per flow run:\s+([\d.]+) s", result.stdout, re.M))
+    assert set(held) == {"poll", "suspend"}, result.stdout
+    # Polling holds the run for the human's second; suspending lets it go.
+    assert float(held["poll"]) > float(held["suspend"])
+
+
 def test_the_drivers_type_check_where_they_run(installed_project: Path) -> None:
     mypy = installed_project / ".venv" / "bin" / "mypy"
     drivers = sorted(str(path) for path in (REPO / "bench" / "drivers").glob("*.py"))

@@ -6,6 +6,7 @@ per machine); every test here then runs one of the project's own commands in it.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def project(installed_project: Path) -> Path:
+    """The installed default render (one per session, shared with other modules)."""
     return installed_project
 
 
@@ -36,9 +38,11 @@ def test_it_type_checks_strictly(project: Path) -> None:
     assert "Success" in result.stdout
 
 
-def test_its_demo_runs_every_step(project: Path) -> None:
+def test_its_demo_runs_every_step(project: Path, tmp_path: Path) -> None:
     slug = yaml.safe_load((project / ".copier-answers.yml").read_text())["project_slug"]
-    result = run([uv(), "run", "--frozen", slug, "demo"], cwd=project)
+    # A Prefect home of its own: never the developer's ~/.prefect database or profile.
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    result = run([uv(), "run", "--frozen", slug, "demo"], cwd=project, env=env)
     out = result.stdout
     for step in (
         "1. Provision",

@@ -79,10 +79,13 @@ def test_a_copy_holds_no_secret(
 def test_answers_file_holds_only_the_questions(tmp_path: Path, planted: Planted) -> None:
     project = render_template(tmp_path / "project", extra_data(planted))
     recorded = yaml.safe_load((project / ".copier-answers.yml").read_text())
-    questions = {
-        key for key in yaml.safe_load((REPO / "copier.yml").read_text()) if not key.startswith("_")
+    config = yaml.safe_load((REPO / "copier.yml").read_text())
+    asked = {
+        key
+        for key, spec in config.items()
+        if not key.startswith("_") and not (isinstance(spec, dict) and spec.get("when") is False)
     }
-    assert set(recorded) == questions | {"_commit", "_src_path"}
+    assert set(recorded) == asked | {"_commit", "_src_path"}
 
 
 def test_no_template_file_renders_copier_conf() -> None:

@@ -23,8 +23,9 @@ class Operator(threading.Thread):
     def __init__(self, client: Any, think: float) -> None:
         super().__init__(daemon=True)
         self.client, self.think = client, think
-        self.seen: dict[str, float] = {}
-        self.decided: dict[str, float] = {}  # subject -> time of decision
+        self.seen: dict[str, float] = {}  # email id -> when it showed up as pending
+        self.done: set[str] = set()  # email ids decided
+        self.decided: dict[str, float] = {}  # inbound subject -> time of decision
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -32,8 +33,9 @@ class Operator(threading.Thread):
             now = time.time()
             for item in self.client.list_pending():
                 first = self.seen.setdefault(item.id, now)
-                if now - first >= self.think and item.id not in self.decided:
+                if now - first >= self.think and item.id not in self.done:
                     self.client.decide(item.id, "approve")
+                    self.done.add(item.id)
                     self.decided[item.subject.removeprefix("Re: ")] = time.time()
 
 

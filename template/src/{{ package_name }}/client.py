@@ -176,8 +176,9 @@ class MultiMailClient:
         message = ""
         if isinstance(body, dict) and "error" in body:
             message = str(body["error"])
-            if body.get("hint"):  # some 429s explain themselves (quota, daily limit)
-                message += f" ({body['hint']})"
+            hint = str(body.get("hint") or "")
+            if hint and hint not in message:  # some 429s and 403s explain themselves
+                message += f" ({hint})"
         raise MultiMailAPIError(
             status_code=response.status_code,
             message=message or response.reason_phrase or "no error message",

@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import SecretStr
 
 from . import credentials
-from .client import MultiMailClient
+from .client import MultiMailClient, MultiMailError
 from .fake import FakeMultiMail
 from .models import PendingItem
 from .provision import MailboxState, provision
@@ -119,10 +119,16 @@ def run_demo(echo: Callable[[str], None] = print) -> bool:
             operator = Operator(operator_client, demo_policy, echo)
             operator.start()
             try:
-                _provision(report, fake, settings)
-                _digest(report, settings)
-                _replies(report, fake, settings)
-                _audit(report, settings)
+                for step in (
+                    lambda: _provision(report, fake, settings),
+                    lambda: _digest(report, settings),
+                    lambda: _replies(report, fake, settings),
+                    lambda: _audit(report, settings),
+                ):
+                    try:
+                        step()
+                    except MultiMailError as error:  # report it as a failed step, go on
+                        report.check(False, str(error))
             finally:
                 operator.stop()
                 credentials.reset()
@@ -153,7 +159,9 @@ def _digest(report: Report, settings: Settings) -> None:
     audience = settings.digest.audience
     mode = settings.audience(audience).oversight_mode
     report.step(f"2. Status digest through '{audience}' ({mode})")
-    if not os.environ.get("PREFECT_API_URL"):
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
         report.echo("  (first flow run: Prefect starts a temporary local server, ~15 s)")
     delivery = status_digest()
     report.check(delivery.outcome == "sent", f"digest {delivery.email_id} is {delivery.outcome}")
