@@ -119,12 +119,13 @@ def run_demo(echo: Callable[[str], None] = print) -> bool:
             operator = Operator(operator_client, demo_policy, echo)
             operator.start()
             try:
-                for step in (
+                steps: list[Callable[[], None]] = [
                     lambda: _provision(report, fake, settings),
                     lambda: _digest(report, settings),
                     lambda: _replies(report, fake, settings),
                     lambda: _audit(report, settings),
-                ):
+                ]
+                for step in steps:
                     try:
                         step()
                     except MultiMailError as error:  # report it as a failed step, go on
