@@ -7,26 +7,24 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .conftest import REPO, run
 
 pytestmark = pytest.mark.slow
 
 
+def run_driver(project: Path, driver: str, *args: str) -> str:
+    """Run `bench/drivers/<driver>` with the project's interpreter, as bench/*.py do; stdout."""
+    package = yaml.safe_load((project / ".copier-answers.yml").read_text())["package_name"]
+    python = project / ".venv" / "bin" / "python"
+    command = [str(python), str(REPO / "bench" / "drivers" / driver), "--package", package, *args]
+    return run(command, cwd=project).stdout
+
+
 def test_a_small_fault_soak_delivers_every_message_once(installed_project: Path) -> None:
-    python = installed_project / ".venv" / "bin" / "python"
-    result = run(
-        [
-            str(python),
-            str(REPO / "bench/drivers/soak_driver.py"),
-            "--package",
-            "my_mail_flows",
-            "--messages",
-            "150",
-        ],
-        cwd=installed_project,
-    )
-    figures = dict(re.findall(r"^(\w[\w ]*?):\s+(\d+)", result.stdout, flags=re.MULTILINE))
+    output = run_driver(installed_project, "soak_driver.py", "--messages", "150")
+    figures = dict(re.findall(r"^(\w[\w ]*?):\s+(\d+)", output, flags=re.MULTILINE))
     assert figures["delivered"] == "150"
     assert figures["duplicates"] == "0"
     assert figures["lost"] == "0"
@@ -34,24 +32,11 @@ def test_a_small_fault_soak_delivers_every_message_once(installed_project: Path)
 
 
 def test_the_latency_benchmark_measures_both_ways_of_waiting(installed_project: Path) -> None:
-    python = installed_project / ".venv" / "bin" / "python"
-    result = run(
-        [
-            str(python),
-            str(REPO / "bench/drivers/latency_driver.py"),
-            "--package",
-            "my_mail_flows",
-            "--flows",
-            "1",
-            "--think",
-            "1",
-            "--runner-poll",
-            "1",
-        ],
-        cwd=installed_project,
+    output = run_driver(
+        installed_project, "latency_driver.py", "--flows", "1", "--think", "1", "--runner-poll", "1"
     )
-    held = dict(re.findall(r"^(poll|suspend) .*per flow run:\s+([\d.]+) s", result.stdout, re.M))
-    assert set(held) == {"poll", "suspend"}, result.stdout
+    held = dict(re.findall(r"^(poll|suspend) .*per flow run:\s+([\d.]+) s", output, re.M))
+    assert set(held) == {"poll", "suspend"}, output
     # Polling holds the run for the human's second; suspending lets it go.
     assert float(held["poll"]) > float(held["suspend"])
 

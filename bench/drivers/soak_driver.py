@@ -88,14 +88,7 @@ def main() -> None:
         httpx.delete(f"{fake.base_url}/_fake/faults").raise_for_status()
         client = credentials.shared_client()
         mailbox = client.mailbox_id(settings.audience(audience).mailbox)
-        subjects: Counter[str] = Counter()
-        cursor = None
-        while True:
-            page = client.list_emails(mailbox, direction="outbound", limit=100, cursor=cursor)
-            subjects.update(e.subject for e in page.emails)
-            if page.cursor is None:
-                break
-            cursor = page.cursor
+        subjects = Counter(e.subject for e in client.iter_emails(mailbox, direction="outbound"))
 
     wanted = {f"soak #{i}" for i in range(args.messages)}
     delivered = len(wanted & set(subjects))

@@ -6,7 +6,7 @@ pydantic model or raises a `MultiMailError` whose message says what went wrong a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from itertools import pairwise
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
@@ -20,6 +20,7 @@ from .models import (
     CancelResult,
     Email,
     EmailPage,
+    EmailSummary,
     Mailbox,
     PendingItem,
     SendResult,
@@ -295,6 +296,24 @@ class MultiMailClient:
             params["cursor"] = cursor
         data = self._call("GET", f"/mailboxes/{mailbox_id}/emails", params=params)
         return self._parse(EmailPage, data, "list emails")
+
+    def iter_emails(
+        self,
+        mailbox_id: str,
+        *,
+        status: str | None = None,
+        direction: Literal["inbound", "outbound"] | None = None,
+    ) -> Iterator[EmailSummary]:
+        """Every matching email, newest first, following the cursor page by page."""
+        cursor = None
+        while True:
+            page = self.list_emails(
+                mailbox_id, status=status, direction=direction, limit=100, cursor=cursor
+            )
+            yield from page.emails
+            if page.cursor is None:
+                return
+            cursor = page.cursor
 
     def get_email(self, mailbox_id: str, email_id: str) -> Email:
         """Read one email. MultiMail marks an `unread` email `read` as a side effect."""

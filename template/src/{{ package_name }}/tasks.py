@@ -189,16 +189,8 @@ def check_inbox(
 def count_emails(audience: str, status: str, direction: Literal["inbound", "outbound"]) -> int:
     """How many emails of the audience's mailbox have `status` (all pages)."""
     client = shared_client()
-    mailbox = _mailbox(client, audience)
-    count, cursor = 0, None
-    while True:
-        page = client.list_emails(
-            mailbox, status=status, direction=direction, limit=100, cursor=cursor
-        )
-        count += len(page.emails)
-        if page.cursor is None:
-            return count
-        cursor = page.cursor
+    emails = client.iter_emails(_mailbox(client, audience), status=status, direction=direction)
+    return sum(1 for _ in emails)
 
 
 @mail_task

@@ -24,6 +24,13 @@ from ..tasks import message_key, reply_to_email, send_email
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 
+#: A 409 as MultiMail words it for an identical message sent without a key.
+DUPLICATE_409: dict[str, Any] = {
+    "status": 409,
+    "message": "Duplicate email: an identical message was sent within 60 seconds",
+}
+
+
 def add_fault(fake: FakeMultiMail, **rule: Any) -> None:
     httpx.post(f"{fake.base_url}/_fake/faults", json=rule).raise_for_status()
 
@@ -36,14 +43,7 @@ def times_fired(fake: FakeMultiMail) -> int:
 def outbound(client: MultiMailClient, audience: str) -> list[EmailSummary]:
     settings = credentials.current_settings()
     mailbox = client.mailbox_id(settings.audience(audience).mailbox)
-    emails: list[EmailSummary] = []
-    cursor = None
-    while True:
-        page = client.list_emails(mailbox, direction="outbound", limit=100, cursor=cursor)
-        emails += page.emails
-        if page.cursor is None:
-            return emails
-        cursor = page.cursor
+    return list(client.iter_emails(mailbox, direction="outbound"))
 
 
 @pytest.fixture
@@ -128,14 +128,7 @@ def test_a_duplicate_409_resolves_to_the_message_that_exists(
 ) -> None:
     # The first attempt goes through but its answer is lost; the retry is told "Duplicate".
     add_fault(fake, path_prefix="/v1/mailboxes/", method="POST", drop_response=True, count=1)
-    add_fault(
-        fake,
-        path_prefix="/v1/mailboxes/",
-        method="POST",
-        status=409,
-        count=1,
-        message="Duplicate email: an identical message was sent within 60 seconds",
-    )
+    add_fault(fake, path_prefix="/v1/mailboxes/", method="POST", count=1, **DUPLICATE_409)
     email_id = _send(audience)
     assert times_fired(fake) == 2
     assert [e.id for e in outbound(client, audience)] == [email_id]
@@ -146,14 +139,7 @@ def test_a_duplicate_409_never_claims_a_different_message(
 ) -> None:
     # Same subject and recipients, another body: not the message the 409 is about.
     other = send_email(audience, ["ada@example.com"], "Hello", "Another text", "other-key").id
-    add_fault(
-        fake,
-        path_prefix="/v1/mailboxes/",
-        method="POST",
-        status=409,
-        count=1,
-        message="Duplicate email: an identical message was sent within 60 seconds",
-    )
+    add_fault(fake, path_prefix="/v1/mailboxes/", method="POST", count=1, **DUPLICATE_409)
     with pytest.raises(MultiMailAPIError) as caught:
         _send(audience, key="k-2")
     assert caught.value.status_code == 409
