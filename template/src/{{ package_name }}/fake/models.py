@@ -1,6 +1,6 @@
 """Request bodies; the models make FastAPI validate input and describe it in the OpenAPI schema.
 
-Business rules that need state (address formats, duplicates, modes) live in `state.py`.
+Business rules that need state (address formats, duplicates, modes) live in the `state` package.
 """
 
 from __future__ import annotations
