@@ -1,4 +1,4 @@
-"""The project's command line: demo, provision, serve, resume, the receiver and the fake."""
+"""The project's command line: demo, provision, setup, serve, resume, the receiver and the fake."""
 
 from __future__ import annotations
 
@@ -85,6 +85,33 @@ def provision_command(
 
             Secret(value=subscription.signing_secret).save(block, overwrite=True)
             typer.echo(f"[ok] subscribed {webhook_url}; signing secret saved in block {block!r}")
+
+
+@app.command()
+def setup(
+    webhook_secret: Annotated[
+        bool, typer.Option(help="Also store the webhook signing secret.")
+    ] = True,
+) -> None:
+    """Create or update the Prefect Secret blocks of the API key and webhook signing secret.
+
+    Values come from MULTIMAIL_API_KEY / MULTIMAIL_WEBHOOK_SECRET (or .env), else from a hidden
+    prompt; they are never printed. Needs PREFECT_API_URL pointing at your Prefect server.
+    """
+    from .blocks import SetupError, setup_secrets
+    from .credentials import current_settings
+
+    def ask(label: str) -> str:
+        try:
+            return str(typer.prompt(label, default="", show_default=False, hide_input=True))
+        except typer.Abort:  # no terminal and nothing on stdin
+            return ""
+
+    try:
+        setup_secrets(current_settings(), ask=ask, echo=typer.echo, webhook_secret=webhook_secret)
+    except SetupError as error:
+        typer.echo(f"setup failed: {error}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()
