@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from email.utils import parseaddr
 from typing import Any, Literal
 
 import anyio
@@ -99,7 +100,7 @@ class MailboxDirectory:
     def is_own_address(self, address: str) -> bool:
         """Whether `address` is one of the account's own mailboxes (mail between them)."""
         self._refresh(force=False)
-        return address.strip().lower() in self._addresses
+        return parseaddr(address)[1].lower() in self._addresses
 
     def verdict(self, *, mailbox_id: str, direction: str, sender: str) -> tuple[Verdict, str]:
         """Whether an email is to be answered (inbound, to an audience, from outside), and by
