@@ -106,11 +106,24 @@ def test_pre_commit_hooks_are_all_local(render: Render) -> None:
     hooks = {hook["id"]: hook for hook in config["repos"][0]["hooks"]}
     for hook in hooks.values():
         assert hook["language"] in {"system", "pygrep", "fail"}, hook["id"]
-    for tool in ("ruff-check", "ruff-format", "mypy", "check-merge-conflict", "no-secrets"):
+    for tool in ("ruff-check", "ruff-format", "mypy", "no-multimail-secrets"):
         assert tool in hooks
+    # The generic checks run the well-kept `pre-commit-hooks` tools, not hand-written patterns.
+    for tool, command in {
+        "check-yaml": "check-yaml",
+        "check-toml": "check-toml",
+        "end-of-file-fixer": "end-of-file-fixer",
+        "trailing-whitespace": "trailing-whitespace-fixer",
+        "detect-private-key": "detect-private-key",
+        "check-merge-conflict": "check-merge-conflict --assume-in-merge",
+    }.items():
+        assert hooks[tool]["entry"] == f"uv run {command}", tool
+    pygrep = [hook["id"] for hook in hooks.values() if hook["language"] == "pygrep"]
+    assert pygrep == ["no-multimail-secrets"]
     pyproject = tomllib.loads((project / "pyproject.toml").read_text())
     dev = " ".join(pyproject["dependency-groups"]["dev"])
     assert "pre-commit" in dev
+    assert "pre-commit-hooks" in dev
     assert "copier" in dev
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .answers import DEFAULT
-from .conftest import render_template, run, uv
+from .conftest import REPO, run, uv
 
 pytestmark = pytest.mark.slow
 
@@ -57,18 +57,46 @@ def test_its_demo_runs_every_step(project: Path, tmp_path: Path) -> None:
     assert "Demo passed" in out
 
 
-def test_a_trusted_copy_runs_the_hooks(tmp_path: Path) -> None:
-    uv()  # the hook runs `uv lock`
-    root = render_template(tmp_path / "trusted", DEFAULT, trust=True)
-    log = subprocess.run(
-        ["git", "log", "--format=%s"], cwd=root, capture_output=True, text=True, check=True
+def test_the_closing_message_steps_work_on_a_plain_copy(tmp_path: Path) -> None:
+    """No --trust: Copier runs nothing; the steps it prints make the repository and the hook."""
+    uv()
+    root = tmp_path / "plain"
+    copy = run(
+        [
+            sys.executable,
+            "-m",
+            "copier",
+            "copy",
+            "--defaults",
+            "--vcs-ref=HEAD",
+            str(REPO),
+            str(root),
+        ],
+        cwd=tmp_path,
     )
-    assert log.stdout.strip() == "Initial commit from copier-prefect-multimail"
+    assert not (root / ".git").exists()  # no task ran
+    message = copy.stderr
+    steps = [
+        line.split("#")[0].strip()
+        for line in message.splitlines()
+        if line.strip().startswith(("git ", "uv sync"))
+    ]
+    assert steps[0].startswith("git init && uv sync && uv run pre-commit install"), steps
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"},
+        "UV_PYTHON_DOWNLOADS": "never",
+        "PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home"),
+        "GIT_AUTHOR_NAME": "Owner",
+        "GIT_AUTHOR_EMAIL": "owner@localhost",
+        "GIT_COMMITTER_NAME": "Owner",
+        "GIT_COMMITTER_EMAIL": "owner@localhost",
+    }
+    for step in steps:  # the commit runs every pre-commit hook on the fresh project
+        run(["bash", "-c", step], cwd=root, env=env, timeout=900)
     status = subprocess.run(
         ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True
     )
     assert status.stdout == ""  # everything rendered is committed, uv.lock included
-    assert (root / "uv.lock").is_file()
-    hook = root / ".git" / "hooks" / "pre-commit"  # `pre-commit install` ran
-    assert hook.is_file()
+    assert "uv.lock" in run(["git", "ls-files"], cwd=root).stdout.split()
+    hook = root / ".git" / "hooks" / "pre-commit"
     assert "pre-commit" in hook.read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -23,28 +25,42 @@ def _audience(**overrides: Any) -> dict[str, Any]:
 
 
 BAD_ANSWERS: list[tuple[str, Any, str]] = [
-    ("project_name", "", "must start with a letter"),
-    ("project_name", "1st project", "must start with a letter"),
+    ("project_name", "", "one line of 1 to 60 printable characters"),
+    ("project_name", "   ", "one line of 1 to 60"),
     ("project_name", "x" * 61, "1 to 60"),
+    ("project_name", "Foo\n", '(got "Foo\\n")'),
     ("project_slug", "My Slug", "lowercase letters and digits"),
     ("project_slug", "-leading", "lowercase letters and digits"),
     ("project_slug", "double--dash", "lowercase letters and digits"),
+    ("project_slug", "foo\n", "lowercase letters and digits"),
+    ("project_slug", "prefect", "a distribution the generated project installs"),
+    # Dependencies of dependencies shadow just as well (computed from the generated lock).
+    ("project_slug", "packaging", "a distribution the generated project installs"),
+    ("project_slug", "rich", "a distribution the generated project installs"),
+    ("project_slug", "a" * 39, "at most 38 characters"),
     ("package_name", "my-package", "lowercase Python identifier"),
     ("package_name", "1pkg", "lowercase Python identifier"),
-    ("package_name", "prefect", "a package this project imports"),
+    ("package_name", "foo\n", "lowercase Python identifier"),
+    ("package_name", "prefect", "would shadow it"),
+    ("package_name", "pluggy", "would shadow it"),
+    ("package_name", "yaml", "would shadow it"),
     ("package_name", "json", "standard library module"),
     ("package_name", "break", "Python keyword"),
-    ("project_slug", "prefect", "depends on itself"),
-    ("project_slug", "a" * 39, "at most 38 characters"),
-    ("description", "", "one non-empty line"),
-    ("description", "two\nlines", "one non-empty line"),
-    ("description", "x" * 201, "at most 200"),
-    ("author_name", "", "one non-empty line"),
-    ("author_name", 'say "hi"', "without double quotes"),
-    ("author_name", "a\nb", "one non-empty line"),
+    ("description", "", "one line of 1 to 200 printable characters"),
+    ("description", "two\nlines", "one line of 1 to 200"),
+    ("description", "one line\n", "one line of 1 to 200"),
+    ("description", "nul\x00byte", "control character"),
+    ("description", "x" * 201, "1 to 200"),
+    ("author_name", "", "one line of 1 to 100"),
+    ("author_name", "a\nb", "one line of 1 to 100"),
+    ("author_name", "carriage\rreturn", "control character"),
+    ("author_name", "bell\x07", "control character"),
     ("author_email", "not-an-email", "email address"),
-    ("author_email", "a@b", "email address"),
-    ("author_email", "a b@example.com", "email address"),
+    ("author_email", ".a..b@example.com", "without leading, trailing or double dots"),
+    ("author_email", "a b@example.com", "no spaces"),
+    ("author_email", "team@example.com\n", "email address"),
+    ("author_email", "ü@example.com", "email address"),
+    ("author_email", "team@example.com.", "email address"),
     ("python_version", "3.10", "3.11"),
     ("python_version", "2.7", "3.11"),
     ("python_version", "3.14", "3.11"),
@@ -53,11 +69,15 @@ BAD_ANSWERS: list[tuple[str, Any, str]] = [
     ("audiences", ["customers"], "must be a mapping"),
     ("audiences", [_audience(name="Customers")], "lowercase Python identifier"),
     ("audiences", [_audience(name="1st")], "lowercase Python identifier"),
+    ("audiences", [_audience(name="ops\n")], "lowercase Python identifier"),
     ("audiences", [_audience(mailbox="Support")], "address local part"),
     ("audiences", [_audience(mailbox="sup port")], "address local part"),
     ("audiences", [_audience(mailbox="a..b")], "address local part"),
+    ("audiences", [_audience(mailbox="support.")], "address local part"),
+    ("audiences", [_audience(mailbox="support\n")], "address local part"),
     ("audiences", [_audience(oversight_mode="gated")], "must be one of read_only, gated_all"),
-    ("audiences", [_audience(purpose="")], "purpose must be one non-empty line"),
+    ("audiences", [_audience(purpose="")], "purpose must be one line of 1 to 200"),
+    ("audiences", [_audience(purpose="tab\there")], "control character"),
     ("audiences", [_audience(), _audience(mailbox="other")], "names must be unique"),
     ("audiences", [_audience(), _audience(name="team")], "mailboxes must be unique"),
     ("audiences", [{"name": "x", "mailbox": "x"}], "exactly the keys"),
@@ -65,6 +85,7 @@ BAD_ANSWERS: list[tuple[str, Any, str]] = [
     ("work_pool_name", "My Pool", "lowercase letters, digits and dashes"),
     ("work_pool_name", "", "lowercase letters, digits and dashes"),
     ("work_pool_name", "pool_1", "lowercase letters, digits and dashes"),
+    ("work_pool_name", "pool\n", "lowercase letters, digits and dashes"),
     ("work_pool_type", "ecs", "process"),
     ("work_pool_type", "", "process"),
     ("work_pool_type", "prefect:managed", "process"),
@@ -78,12 +99,27 @@ BAD_ANSWERS: list[tuple[str, Any, str]] = [
     ("digest_schedule", "0 8 32 * *", "day-of-month 1-31"),
     ("digest_schedule", "0 8 * 13 *", "month 1-12"),
     ("digest_schedule", "0 8 * * */0", "5 fields"),
+    ("digest_schedule", "0 8 * * 1-5\n", "5 fields"),
+    # Valid cron that never fires (or only on 29 February).
+    ("digest_schedule", "0 8 31 2 *", "never fires within a year"),
+    ("digest_schedule", "0 8 31 APR,JUN,SEP,NOV *", "never fires within a year"),
+    ("digest_schedule", "0 8 29 2 *", "never fires within a year"),
+    ("digest_schedule", "30-10 8 * * *", "never fires within a year"),
     ("api_base_url", "api.multimail.dev", "http(s)://host"),
     ("api_base_url", "https://user:pass@api.multimail.dev", "no path, query or credentials"),
     ("api_base_url", "https://api.multimail.dev/v1", "no path"),
+    ("api_base_url", "https://api.multimail.dev\n", "http(s)://host"),
+    ("api_base_url", "http://127.0.0.1:70000", "the port must be 1 to 65535"),
+    ("api_base_url", "http://localhost:0", "the port must be 1 to 65535"),
+    ("api_base_url", "http://..:8025", "dot-separated labels"),
+    ("api_base_url", "https://-api.example.com", "dot-separated labels"),
     ("api_key_block", "My Block", "Prefect block name"),
     ("api_key_block", "key_block", "Prefect block name"),
     ("api_key_block", "", "Prefect block name"),
+    ("api_key_block", "key-block\n", "Prefect block name"),
+    ("image_registry", "https://ghcr.io/acme", "registry host"),
+    ("image_registry", "ghcr.io/acme/", "registry host"),
+    ("image_registry", "ghcr.io/acme\n", "registry host"),
 ]
 
 
@@ -146,3 +182,125 @@ def test_answers_that_look_like_yaml_scalars_stay_strings_in_prefect_yaml(
         "api_key_block": pool["job_variables"]["env"]["MULTIMAIL_API_KEY_BLOCK"],
     }
     assert rendered[question] == value
+
+
+def test_the_reserved_names_cannot_be_overridden_with_data(tmp_path: Path) -> None:
+    """They are data read by the validator, not a question `--data` could answer."""
+    answers = {"package_name": "pluggy", "reserved_import_names": [], "reserved": []}
+    with pytest.raises(ValueError, match="'package_name'"):
+        render_template(tmp_path / "project", answers)
+
+
+# Answers that are unusual but valid: every one must render a project whose files all parse.
+UNUSUAL: dict[str, Any] = {
+    "project_name": "Zoë Mail 2.0",
+    "description": 'Mail 📧 for "everyone" — naïve café, 日本語, back\\slash.',
+    "author_name": 'Zoë "Z" Ångström 📧',
+    "author_email": "o'brien+flows@example.co.uk",
+    "audiences": [
+        {
+            "name": "customers",
+            "mailbox": "help.desk",
+            "oversight_mode": "gated_send",
+            "purpose": "Replies | approved 👍 by a human; <b>not</b> HTML.",
+        },
+        {
+            "name": "team",
+            "mailbox": "status",
+            "oversight_mode": "autonomous",
+            "purpose": "Status | alerts",
+        },
+    ],
+    "digest_schedule": "0 8 30 feb,apr *",
+    "api_base_url": "http://localhost:65535/",
+}
+
+
+def test_unusual_valid_answers_render_files_that_parse_and_keep_every_character(
+    tmp_path: Path,
+) -> None:
+    project = render_template(tmp_path / "project", UNUSUAL)
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))
+    assert pyproject["project"]["description"] == UNUSUAL["description"]
+    assert pyproject["project"]["authors"] == [
+        {"name": UNUSUAL["author_name"], "email": UNUSUAL["author_email"]}
+    ]
+    (package,) = (project / "src").iterdir()
+    settings = tomllib.loads((package / "settings.toml").read_text(encoding="utf-8"))
+    assert settings["audiences"]["customers"]["purpose"] == UNUSUAL["audiences"][0]["purpose"]
+    assert settings["api_url"] == UNUSUAL["api_base_url"]
+    for path in (project / "prefect.yaml", project / ".copier-answers.yml"):
+        yaml.safe_load(path.read_text(encoding="utf-8"))
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text(encoding="utf-8"))
+    assert answers["audiences"] == UNUSUAL["audiences"]
+    # The audience table keeps its four columns: a '|' in a purpose is escaped.
+    readme = (project / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in readme.splitlines() if line.startswith("| `customers`")]
+    assert len(rows) == 1
+    assert len(re.findall(r"(?<!\\)\|", rows[0])) == 5, rows[0]
+    assert "approved 👍 by a human" in rows[0]
+
+
+# The build (hatchling, through email.headerregistry.Address) decides what an author is; the
+# validator must agree with it, one way or the other, on each of these. Whitespace and comments
+# around an address are the one deliberate difference: the build drops them, so they are refused.
+AUTHORS: list[tuple[str, str]] = [
+    ("Team", "team@example.com"),
+    ("Team", "a@b"),
+    ("Team", '"a b"@example.com'),
+    ("Team", "a@[127.0.0.1]"),
+    ("Team", "a+tag@example.com"),
+    ("Team", "a!#$%&'*+/=?^_`{|}~@example.com"),
+    ("Team", "a@exämple.com"),
+    ("Team", ".a..b@example.com"),
+    ("Team", "a.@example.com"),
+    ("Team", "a b@example.com"),
+    ("Team", "ü@example.com"),
+    ("Team", "a@example.com."),
+    ("Team", "a@example..com"),
+    ("Team", "a@b@example.com"),
+    ("Team", "<a@example.com>"),
+    ("Team", "a\\b@example.com"),
+    ('Zoë "Z" 📧', "team@example.com"),
+    ("A, B <c>", "team@example.com"),
+    ("line\nbreak", "team@example.com"),
+    ("carriage\rreturn", "team@example.com"),
+]
+
+
+def _build_accepts(name: str, email: str) -> bool:
+    from hatchling.metadata.core import ProjectMetadata
+    from hatchling.metadata.spec import get_core_metadata_constructors
+
+    authors = [{"name": name, "email": email}]
+    config = {"project": {"name": "x", "version": "0.1", "authors": authors}}
+    metadata: ProjectMetadata[Any] = ProjectMetadata(str(REPO), None, config)
+    try:
+        metadata.core.authors  # noqa: B018 (validates the authors)
+        get_core_metadata_constructors()["2.4"](metadata)
+    except Exception:  # any refusal of the build counts
+        return False
+    return True
+
+
+def _template_accepts(tmp_path: Path, name: str, email: str) -> bool:
+    try:
+        render_template(tmp_path / "project", {"author_name": name, "author_email": email})
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("name", "email"), AUTHORS, ids=[repr(a) for a in AUTHORS])
+def test_author_answers_are_refused_exactly_when_the_build_refuses_them(
+    tmp_path: Path, name: str, email: str
+) -> None:
+    assert _template_accepts(tmp_path, name, email) == _build_accepts(name, email)
+
+
+@pytest.mark.parametrize("email", ["team@example.com ", " team@example.com", "(c)a@example.com"])
+def test_spaces_and_comments_around_an_email_are_refused_though_the_build_drops_them(
+    tmp_path: Path, email: str
+) -> None:
+    assert _build_accepts("Team", email)
+    assert not _template_accepts(tmp_path, "Team", email)

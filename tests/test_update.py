@@ -1,10 +1,12 @@
 """`copier update` across template versions, offline, the way a project owner runs it.
 
-A throwaway git repository holds two tagged versions of the template: `v1.0.0` is this working
-tree as it is; `v1.1.0` adds a file (and a `.env`), changes two shared files and renames the
-question `author_name` to `maintainer_name`, with a `_migrations` entry that carries the answer
-over (migrations make Copier ask for `--trust`, so the updates pass `unsafe=True`). Projects are
-generated from `v1.0.0`, committed, edited by their owner, then updated to `v1.1.0`.
+A throwaway git repository holds three tagged versions of the template: `v1.0.0` is this working
+tree as it is; `v1.0.1` only rewords the README (an update to it needs no `--trust`); `v1.1.0`
+adds a file (and a `.env`), changes two shared files and renames the question `author_name` to
+`maintainer_name`, with a `_migrations` entry that carries the answer over (migrations make
+Copier ask for `--trust`, so those updates pass `unsafe=True`). Projects are generated from
+`v1.0.0`, committed, edited by their owner, then updated. A second repository has a `v0.9.0`
+with `_tasks`, as versions before 0.2.0 had, to show how such a project reaches this version.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from copier.errors import UnsafeTemplateError
 from .conftest import REPO
 
 OLD = "v1.0.0"
+PATCH = "v1.0.1"
 NEW = "v1.1.0"
+PATCH_README_LINE = "Reworded in v1.0.1."
 PACKAGE = "owner_flows"
 OWNER_ANSWERS: dict[str, Any] = {
     "project_name": "Owner Flows",
@@ -150,6 +154,10 @@ def _make_v1_1_0(repo: Path) -> None:
 def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git repository of the template with clean, tagged commits v1.0.0 and v1.1.0."""
     repo = init_template_repo(tmp_path_factory.mktemp("template-repo"), OLD)
+    readme = repo / "template" / "README.md.jinja"
+    readme.write_text(readme.read_text() + f"\n{PATCH_README_LINE}\n")
+    commit_all(repo, "v1.0.1: README only")
+    git(repo, "tag", PATCH)
     _make_v1_1_0(repo)
     commit_all(repo, "v1.1.0: docs/operations.md, a .env, rename author_name")
     git(repo, "tag", NEW)
@@ -272,20 +280,79 @@ def test_updating_to_the_same_version_changes_nothing(template_repo: Path, tmp_p
     assert git(project, "status", "--porcelain") == ""
 
 
-def test_an_update_without_trust_is_refused_and_changes_nothing(
+def test_an_update_without_migrations_needs_no_trust(template_repo: Path, tmp_path: Path) -> None:
+    """The template has no tasks: a plain `copier update` works, as a plain `copier copy` does."""
+    project = generate(template_repo, tmp_path / "project", OWNER_ANSWERS, OLD)
+    copier.run_update(project, vcs_ref=PATCH, overwrite=True, defaults=True, quiet=True)
+    assert PATCH_README_LINE in (project / "README.md").read_text()
+    assert answers_of(project)["_commit"] == PATCH
+
+
+def test_an_update_across_a_migration_without_trust_is_refused_and_changes_nothing(
     template_repo: Path, tmp_path: Path
 ) -> None:
-    """Why docs/upgrading.md says `--trust`: the template has tasks and v1.1.0 a migration."""
+    """Why docs/upgrading.md says `--trust` for some releases: v1.1.0 has a migration."""
     project = generate(template_repo, tmp_path / "project", OWNER_ANSWERS, OLD)
     before = tree(project)
-    with pytest.raises(UnsafeTemplateError, match="migrations, tasks"):
+    with pytest.raises(UnsafeTemplateError, match="migrations"):
         copier.run_update(project, vcs_ref=NEW, overwrite=True, defaults=True, quiet=True)
     assert tree(project) == before
 
 
+LEGACY = "v0.9.0"
+LEGACY_TASK = """
+_tasks:
+  - command: ["{{ _copier_python }}", "-c", "open('TASK_RAN', 'w').close()"]
+    when: "{{ _copier_operation == 'copy' }}"
+"""
+
+
+@pytest.fixture(scope="module")
+def legacy_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """v0.9.0 with `_tasks` (as versions before 0.2.0 had), then v1.0.0: this working tree."""
+    repo = tmp_path_factory.mktemp("legacy-repo")
+    init_template_repo(repo, LEGACY)
+    config = repo / "copier.yml"
+    config.write_text(config.read_text() + LEGACY_TASK)
+    commit_all(repo, "v0.9.0 had tasks")
+    git(repo, "tag", "-f", LEGACY)
+    (repo / "copier.yml").write_text((REPO / "copier.yml").read_text())
+    commit_all(repo, "v1.0.0: no tasks")
+    git(repo, "tag", OLD)
+    return repo
+
+
+def test_a_project_made_with_the_old_tasks_updates_with_trust_once(
+    legacy_repo: Path, tmp_path: Path
+) -> None:
+    """Copier checks the *old* version's tasks too, so the first update away from one needs
+    `--trust --skip-tasks` (docs/upgrading.md); it runs no task and gives a fresh copy's files.
+    """
+    project = generate(legacy_repo, tmp_path / "legacy", OWNER_ANSWERS, LEGACY)
+    with pytest.raises(UnsafeTemplateError, match="tasks"):
+        copier.run_update(project, vcs_ref=OLD, overwrite=True, defaults=True, quiet=True)
+    copier.run_update(
+        project,
+        vcs_ref=OLD,
+        overwrite=True,
+        defaults=True,
+        quiet=True,
+        unsafe=True,
+        skip_tasks=True,
+    )
+    assert not (project / "TASK_RAN").exists()
+    fresh = generate(legacy_repo, tmp_path / "fresh", OWNER_ANSWERS, OLD)
+    assert tree(project) == tree(fresh)
+    commit_all(project, "updated to v1.0.0")
+    before = tree(project)
+    copier.run_update(project, vcs_ref=OLD, overwrite=True, defaults=True, quiet=True)
+    assert tree(project) == before  # from now on, no --trust
+
+
 def test_the_upgrade_guide_is_linked_and_every_release_has_an_upgrading_note() -> None:
     guide = (REPO / "docs" / "upgrading.md").read_text()
-    assert "uv run copier update --trust --defaults" in guide
+    assert "uv run copier update --defaults" in guide
+    assert "uv run copier update --trust --skip-tasks --defaults" in guide
     assert "<<<<<<< before updating" in guide
     assert "(docs/upgrading.md)" in (REPO / "README.md").read_text()
     changelog = (REPO / "CHANGELOG.md").read_text()
