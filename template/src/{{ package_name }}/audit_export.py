@@ -1,0 +1,177 @@
+"""MultiMail's audit log, exported to Prefect as events: `export-audit-log`.
+
+Each audit entry becomes one event `multimail.audit.<action>` (e.g. `multimail.audit.email.send`)
+on the email, mailbox, webhook or key it concerns, at the time it happened, so the audit trail
+sits in the Event Feed next to the flow runs that caused it, and automations can act on it.
+
+MultiMail lists the log newest first, with a cursor towards older entries. An export walks
+from the newest entry down to the newest one the previous export reached; where it stands is
+kept in a Prefect Variable after every page, so a crashed run is continued by the next one.
+Every event id is derived from the audit entry's id: an entry emitted twice (a crash between
+emitting and saving the cursor, or a lost Variable) is stored once. Events carry ids, action
+names and statuses only: addresses, subjects, bodies and free-text reasons stay in MultiMail.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import acreate_table_artifact
+from prefect.events import Event
+from prefect.events.clients import get_events_client
+from prefect.variables import Variable
+from pydantic import BaseModel, ConfigDict
+
+from .credentials import shared_client
+from .events import event_id, related, resource
+from .models import AuditEntry, AuditPage
+from .tasks import mail_task
+
+#: The Prefect Variable that holds where the export stands.
+CURSOR_VARIABLE = "multimail_audit_export"
+#: Metadata that may leave MultiMail: statuses, modes, names of things. Anything else (from,
+#: to, subject, reason, url, tag values, ...) is left out.
+SAFE_METADATA = frozenset(
+    {
+        "action",
+        "approval_status",
+        "events",
+        "forward_inbound",
+        "is_active",
+        "key",
+        "mailbox_id",
+        "new",
+        "old",
+        "op",
+        "oversight_mode",
+        "scopes",
+        "status",
+        "target_mode",
+    }
+)
+#: Resource kinds in event resource ids, by the audit entry's resource_type.
+_KINDS = {"api_key": "api-key"}
+
+
+class ExportPosition(BaseModel):
+    """Where the export stands (the Variable's value).
+
+    `exported_through`: the newest entry a finished export reached. While an export runs:
+    `newest`, the entry it started from, and `cursor`, the page to read next.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    exported_through: str | None = None
+    newest: str | None = None
+    cursor: str | None = None
+
+
+def _safe(value: Any) -> Any:
+    """Keep what `SAFE_METADATA` allows, recursively; never a string with an address in it."""
+    if isinstance(value, dict):
+        kept = {k: _safe(v) for k, v in value.items() if k in SAFE_METADATA}
+        return {k: v for k, v in kept.items() if v is not None}
+    if isinstance(value, list):
+        return [item for item in map(_safe, value) if item is not None]
+    if isinstance(value, str):
+        return None if "@" in value else value
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    return None
+
+
+def _occurred(entry: AuditEntry) -> datetime:
+    moment = datetime.fromisoformat(entry.created_at.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def audit_event(entry: AuditEntry) -> Event:
+    """The Prefect event for one audit entry (its id derived from the entry's id)."""
+    payload: dict[str, Any] = {"audit_id": entry.id, "metadata": _safe(entry.metadata)}
+    for field in ("to", "cc", "bcc"):
+        recipients = entry.metadata.get(field)
+        if isinstance(recipients, list):
+            payload[f"{field}_count"] = len(recipients)
+    if entry.resource_type and entry.resource_id:
+        kind = _KINDS.get(entry.resource_type, entry.resource_type)
+        subject = resource(kind, entry.resource_id)
+    else:
+        subject = resource("audit-entry", entry.id)
+    return Event(
+        id=event_id("multimail.audit", entry.id),
+        event=f"multimail.audit.{entry.action}",
+        occurred=_occurred(entry),
+        resource=subject,
+        related=[related("api-key", entry.actor_key_id, "actor")] if entry.actor_key_id else [],
+        payload=payload,
+    )
+
+
+@mail_task
+def read_audit_page(limit: int, cursor: str | None) -> AuditPage:
+    """One page of the audit log, newest first (needs a key with the `admin` scope)."""
+    return shared_client().audit_log(limit=limit, cursor=cursor)
+
+
+@flow(name="export-audit-log")
+async def export_audit_log(
+    page_size: int = 50,
+    max_pages: int | None = None,
+    cursor_variable: str = CURSOR_VARIABLE,
+) -> int:
+    """Emit every audit entry not exported yet as a Prefect event; returns how many.
+
+    Scheduled every 5 minutes in prefect.yaml and by `serve`. `max_pages` bounds one run's
+    work; the next run continues where it stopped.
+    """
+    saved = await Variable.aget(cursor_variable)
+    position = ExportPosition.model_validate(saved or {})
+    exported: list[AuditEntry] = []
+    pages = 0
+    # Continuing a crashed export ends at the entries it had started from; one more pass from
+    # the top then takes what arrived meanwhile.
+    continued = position.cursor is not None
+    # checkpoint_every=1: each emit returns once the server has the event, so the position
+    # saved after a page never runs ahead of what Prefect received.
+    async with get_events_client(checkpoint_every=1) as events:
+        while max_pages is None or pages < max_pages:
+            page = read_audit_page(page_size, position.cursor)
+            pages += 1
+            through = position.exported_through
+            new = [e for e in page.entries if through is None or e.id > through]
+            for entry in new:
+                await events.emit(audit_event(entry))
+            exported.extend(new)
+            newest = position.newest or (page.entries[0].id if page.entries else through)
+            if page.cursor is None or len(new) < len(page.entries):
+                position = ExportPosition(exported_through=newest)
+            else:
+                position = ExportPosition(
+                    exported_through=through, newest=newest, cursor=page.cursor
+                )
+            await Variable.aset(cursor_variable, position.model_dump(), overwrite=True)
+            if position.cursor is None:
+                if not continued:
+                    break
+                continued = False
+    await acreate_table_artifact(
+        key="audit-export",
+        table=[
+            {
+                "audit_id": e.id,
+                "event": f"multimail.audit.{e.action}",
+                "resource": f"{e.resource_type}:{e.resource_id}",
+                "created_at": e.created_at,
+            }
+            for e in exported
+        ]
+        or [{"audit_id": "", "event": "(nothing new)", "resource": "", "created_at": ""}],
+        description=f"{len(exported)} MultiMail audit entries exported as Prefect events.",
+    )
+    get_run_logger().info(
+        "Exported %d audit entries; position %s", len(exported), position.model_dump()
+    )
+    return len(exported)

@@ -1,0 +1,155 @@
+"""export-audit-log: N audit entries in MultiMail → N events in Prefect, none missing and none
+doubled after a crash mid-export, a rerun, or a lost cursor; no address, body or key in them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+from prefect.events.schemas.events import ReceivedEvent
+from prefect.variables import Variable
+from pydantic import SecretStr
+
+from ..audit_export import CURSOR_VARIABLE, export_audit_log
+from ..client import MultiMailClient
+from ..fake import FakeMultiMail
+from ..models import AuditEntry
+from ..provision import MailboxState
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+
+
+@pytest.fixture
+def cursor_variable() -> Iterator[str]:
+    """A Variable of this test's own (the session's server is shared)."""
+    name = f"{CURSOR_VARIABLE}_{uuid.uuid4().hex[:8]}"
+    yield name
+    Variable.unset(name)
+
+
+def _entries(client: MultiMailClient) -> list[AuditEntry]:
+    entries, cursor = [], None
+    while True:
+        page = client.audit_log(limit=100, cursor=cursor)
+        entries.extend(page.entries)
+        if page.cursor is None:
+            return entries
+        cursor = page.cursor
+
+
+async def _audit_events() -> list[ReceivedEvent]:
+    async with get_client() as client:
+        now = datetime.now(UTC)
+        wanted = EventFilter(
+            event=EventNameFilter(prefix=["multimail.audit."]),
+            occurred=EventOccurredFilter(
+                since=now - timedelta(days=1), until=now + timedelta(days=1)
+            ),
+        )
+        page = await client.read_events(filter=wanted, limit=50)
+        events = list(page.events)
+        while page.next_page:
+            page = await client.read_events_page(str(page.next_page))
+            events.extend(page.events)
+        return events
+
+
+def _stored(entries: list[AuditEntry], timeout: float = 30.0) -> list[ReceivedEvent]:
+    """The stored events about `entries`, once each entry has one (events are persisted by a
+    background service, in batches)."""
+    ids = {e.id for e in entries}
+    deadline = time.monotonic() + timeout
+    while True:
+        mine = [e for e in asyncio.run(_audit_events()) if e.payload.get("audit_id") in ids]
+        if {e.payload["audit_id"] for e in mine} >= ids or time.monotonic() > deadline:
+            return mine
+        time.sleep(0.2)
+
+
+def _make_activity(client: MultiMailClient, fake: FakeMultiMail, mailbox: str, n: int) -> str:
+    """n audit entries about one inbound email (tagging it), plus the email's id."""
+    email_id = fake.deliver_inbound(
+        to=mailbox, sender="ada@example.com", subject="Invoice 42", markdown="Private body"
+    )
+    box = client.mailbox_id(mailbox.partition("@")[0])
+    for i in range(n):
+        client.set_tags(box, email_id, {"step": str(i)})
+    return email_id
+
+
+def _assert_once_each(entries: list[AuditEntry]) -> list[ReceivedEvent]:
+    stored = _stored(entries)
+    counts = Counter(e.payload["audit_id"] for e in stored)
+    assert set(counts) == {e.id for e in entries}, "an audit entry has no event"
+    assert max(counts.values()) == 1, "an audit entry has two events"
+    return stored
+
+
+def test_every_entry_becomes_one_event_about_ids_only(
+    mail_env: list[MailboxState],
+    fake: FakeMultiMail,
+    client: MultiMailClient,
+    app_key: SecretStr,
+    cursor_variable: str,
+) -> None:
+    email_id = _make_activity(client, fake, mail_env[0].address, 3)
+    box = mail_env[0].mailbox_id
+    client.reply(box, email_id, markdown="Private reply", idempotency_key="audit-test-reply")
+    entries = _entries(client)
+    exported = asyncio.run(export_audit_log(page_size=7, cursor_variable=cursor_variable))
+    assert exported == len(entries)
+    stored = _assert_once_each(entries)
+    by_id = {e.payload["audit_id"]: e for e in stored}
+    for entry in entries:
+        event = by_id[entry.id]
+        assert event.event == f"multimail.audit.{entry.action}"
+        assert event.occurred.isoformat().startswith(entry.created_at[:19])
+    tagged = [e for e in stored if e.event == "multimail.audit.email.tag"]
+    assert {e.resource.id for e in tagged} == {f"multimail.email.{email_id}"}
+    text = json.dumps([e.model_dump(mode="json") for e in stored])
+    for secret in ("@", "Invoice 42", "Private body", "Private reply", app_key.get_secret_value()):
+        assert secret not in text
+    # Nothing new: the next run exports nothing and emits nothing.
+    assert asyncio.run(export_audit_log(page_size=7, cursor_variable=cursor_variable)) == 0
+
+
+def test_a_crash_mid_export_then_reruns_miss_nothing_and_double_nothing(
+    mail_env: list[MailboxState],
+    fake: FakeMultiMail,
+    client: MultiMailClient,
+    cursor_variable: str,
+) -> None:
+    _make_activity(client, fake, mail_env[0].address, 12)
+    # The first run stops after one page (as if it had crashed after saving that page)...
+    assert (
+        asyncio.run(export_audit_log(page_size=5, max_pages=1, cursor_variable=cursor_variable))
+        == 5
+    )
+    # ...the next one crashes outright: MultiMail's audit log keeps failing.
+    fault = httpx.post(
+        f"{fake.base_url}/_fake/faults", json={"path_prefix": "/v1/audit-log", "status": 503}
+    )
+    assert fault.status_code == 201
+    with pytest.raises(Exception, match="503"):
+        asyncio.run(export_audit_log(page_size=5, cursor_variable=cursor_variable))
+    httpx.delete(f"{fake.base_url}/_fake/faults").raise_for_status()
+    _make_activity(client, fake, mail_env[0].address, 2)  # the log grows meanwhile
+    asyncio.run(export_audit_log(page_size=5, cursor_variable=cursor_variable))
+    entries = _entries(client)
+    _assert_once_each(entries)
+    # The cursor is lost (say, the Variable was deleted): everything is emitted again, and
+    # Prefect still stores one event per entry, because each event id comes from the entry.
+    Variable.unset(cursor_variable)
+    assert asyncio.run(export_audit_log(page_size=50, cursor_variable=cursor_variable)) == len(
+        entries
+    )
+    _assert_once_each(entries)
