@@ -57,6 +57,12 @@ def _fix(status_code: int, message: str, path: str) -> str | None:
         return f"check that {' and '.join(named)} exist(s) in this MultiMail account"
     if status_code in (400, 422):
         return "the request was invalid: fix the field named above"
+    if status_code == 409 and ("/send" in path or "/reply/" in path):
+        return (
+            "MultiMail already holds another message with the same content; this one carried "
+            "its own idempotency key, so it is not a retry of that one and nothing was sent. "
+            "Change the content, or send it again after 60 seconds"
+        )
     return None
 
 
@@ -382,3 +388,8 @@ class MultiMailClient:
 
     def account(self) -> Account:
         return self._parse(Account, self._call("GET", "/account"), "account")
+
+    def api_key_names(self) -> dict[str, str]:
+        """Each API key's name by its id (admin scope): who approved, in the operator's words."""
+        keys = self._call("GET", "/api-keys").get("api_keys", [])
+        return {str(key["id"]): str(key.get("name") or key["id"]) for key in keys}

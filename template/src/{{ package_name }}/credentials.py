@@ -1,8 +1,9 @@
 """Where the MultiMail API key comes from, and the one pooled client built with it.
 
-Locally the key is MULTIMAIL_API_KEY (environment or `.env`); deployed, it is the Prefect Secret
-block named by `api_key_block`, loaded at run time inside the task, so it is never a flow
-parameter, a deployment variable or a task result.
+Locally the key is MULTIMAIL_API_KEY (environment or `.env`); in a deployed run it is
+MULTIMAIL_API_KEY from the run's environment if set, else the Prefect Secret block named by
+`api_key_block` (a `.env` in the working directory is ignored there). It is loaded at run time
+inside the task, so it is never a flow parameter, a deployment variable or a task result.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pydantic import SecretStr
 
 from .client import MultiMailClient, MultiMailError
 from .redaction import register_secret
-from .settings import Settings
+from .settings import Settings, load_settings
 
 
 class MissingSecretError(MultiMailError):
@@ -63,10 +64,26 @@ def resolve_webhook_secret(settings: Settings) -> SecretStr:
     )
 
 
+def in_deployed_run() -> bool:
+    """Whether this code runs inside a flow run of a deployment (a worker or `serve`)."""
+    from prefect.runtime import deployment  # imported late: only asked when settings load
+
+    return deployment.id is not None
+
+
 @cache
+def _settings(read_env_file: bool) -> Settings:
+    return load_settings(read_env_file=read_env_file)
+
+
 def current_settings() -> Settings:
-    """The settings, read once per process (see `reset`)."""
-    return Settings()
+    """The settings, read on first use (never at import) and then kept (see `reset`).
+
+    Inside a deployed run a `.env` in the working directory is ignored: the key comes from the
+    environment the deployment sets, else the Prefect Secret block, never from a developer's
+    personal `.env` on the machine that runs the worker.
+    """
+    return _settings(not in_deployed_run())
 
 
 @cache
@@ -83,4 +100,4 @@ def reset() -> None:
     if shared_client.cache_info().currsize:
         shared_client().close()
     shared_client.cache_clear()
-    current_settings.cache_clear()
+    _settings.cache_clear()

@@ -1,13 +1,21 @@
 """Example flows. They name an audience, never an oversight mode: settings.toml decides
 whether a human approves the mail, so changing a mode never changes a flow.
+
+The mail flows retry as a whole for minutes (`FLOW_RETRY_DELAYS`) after a crash or an outage
+longer than a task's own retries (`FLOW_RETRIES`): safe, because every message they send
+carries a key derived from what it is, and `answer_inbound` records its reply on the inbound
+email's tags.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import parseaddr
+from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
 
@@ -18,11 +26,28 @@ from .tasks import (
     Delivery,
     Outcome,
     count_emails,
+    get_thread,
     message_key,
+    own_addresses,
     read_email,
     reply_to_email,
     send_email,
     tag_email,
+)
+
+#: Whole-flow retries of the mail flows, and the seconds between them: 6 minutes in all.
+FLOW_RETRIES = 3
+FLOW_RETRY_DELAY_SECONDS = 120
+
+#: Tags `answer_inbound` keeps on the inbound email: what it did, so a later run (a retry, a
+#: redelivered webhook, a run days later, past MultiMail's 24 h idempotency memory) reads the
+#: outcome instead of answering again.
+STATE_TAG = "state"
+REPLY_TAG = "reply_id"
+REASON_TAG = "skip_reason"
+#: Outcomes after which nothing about the reply can change any more.
+FINAL_OUTCOMES = frozenset(
+    {"sent", "scheduled", "rejected", "cancelled", "failed", "timed_out", "skipped"}
 )
 
 
@@ -32,9 +57,11 @@ class ReplyReport(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     inbound_id: str
-    reply_id: str
+    reply_id: str | None
     outcome: Outcome
     approved_by: str | None = None
+    #: Why the email was not answered (`skipped`), e.g. it came from one of our own mailboxes.
+    reason: str | None = None
 
 
 def draft_reply(email: Email) -> str:
@@ -46,7 +73,23 @@ def draft_reply(email: Email) -> str:
     )
 
 
-@flow(name="status-digest")
+def _draft_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    return f"{current_settings().project}-draft-reply-{parameters['email'].id}"
+
+
+@task(
+    cache_key_fn=_draft_key,
+    persist_result=True,
+    cache_expiration=timedelta(days=7),
+)
+def draft(email: Email) -> str:
+    """`draft_reply` as a task cached on the inbound email's id: a rerun after a resume or a
+    retry (same email, any flow run) reuses the draft instead of drafting (and, with a model,
+    billing) again. The draft is kept in Prefect's result storage for `cache_expiration`."""
+    return draft_reply(email)
+
+
+@flow(name="status-digest", retries=FLOW_RETRIES, retry_delay_seconds=FLOW_RETRY_DELAY_SECONDS)
 def status_digest(recipients: list[str] | None = None, wait: WaitMode = "auto") -> Delivery:
     """Mail the team a digest of every audience's unread inbound mail and pending approvals."""
     settings = current_settings()
@@ -78,35 +121,97 @@ def status_digest(recipients: list[str] | None = None, wait: WaitMode = "auto") 
     return delivery
 
 
-@flow(name="answer-inbound", flow_run_name="answer-{email_id}")
+def _recorded(inbound: Email) -> ReplyReport | None:
+    """The outcome an earlier run recorded on the inbound email, if it reached one."""
+    state = inbound.tags.get(STATE_TAG, "")
+    outcome = state.removeprefix("reply-")
+    if not state.startswith("reply-") or outcome not in FINAL_OUTCOMES:
+        return None
+    return ReplyReport(
+        inbound_id=inbound.id,
+        reply_id=inbound.tags.get(REPLY_TAG),
+        outcome=outcome,
+        reason=inbound.tags.get(REASON_TAG),
+    )
+
+
+def _skip_reason(audience: str, inbound: Email) -> str | None:
+    """Why `inbound` must not be answered, or None: only mail from outside, and a bounded
+    number of replies per conversation, so that an auto-responder cannot start a loop."""
+    if inbound.direction != "inbound":
+        return f"not an inbound email (direction {inbound.direction})"
+    sender = parseaddr(inbound.sender)[1].lower()
+    if sender in own_addresses():
+        return f"sent by this project's own mailbox {sender}"
+    limit = current_settings().max_replies_per_thread_per_day
+    if inbound.thread_id and inbound.received_at:
+        since = datetime.fromisoformat(inbound.received_at) - timedelta(days=1)
+        replies = [
+            e
+            for e in get_thread(audience, inbound.thread_id).emails
+            if e.direction == "outbound"
+            and e.status not in ("rejected", "cancelled")
+            and e.received_at
+            and datetime.fromisoformat(e.received_at) >= since
+        ]
+        if len(replies) >= limit:
+            return (
+                f"{len(replies)} replies in this conversation within 24 h already "
+                f"(max_replies_per_thread_per_day = {limit})"
+            )
+    return None
+
+
+@flow(
+    name="answer-inbound",
+    flow_run_name="answer-{email_id}",
+    retries=FLOW_RETRIES,
+    retry_delay_seconds=FLOW_RETRY_DELAY_SECONDS,
+)
 def answer_inbound(
     email_id: str,
-    reply_markdown: str | None = None,
     audience: str | None = None,
+    reply_markdown: str | None = None,
     wait: WaitMode = "auto",
 ) -> ReplyReport:
     """Answer one inbound email and report whether the answer was sent or rejected.
 
     In a gated mailbox the reply waits for a human (`wait`: poll, suspend, or auto: suspend
-    when deployed); `rejected` and `cancelled` are outcomes to report, not errors to retry.
-    The idempotency key comes from the inbound email's id, so a retried or resumed flow or a
-    redelivered webhook never answers the same email twice.
+    when Prefect allows it); `rejected` and `cancelled` are outcomes to report, not errors to
+    retry. Mail that must not be answered (not inbound, from one of this project's mailboxes,
+    or a conversation that had its share of replies today) is `skipped` with the reason.
+    Never answers twice: the reply's idempotency key comes from the inbound email's id, and the
+    reply and its outcome are recorded on the inbound email's tags, which a later run (a retry,
+    a redelivered webhook, days later) reads instead of answering again.
     """
     audience = audience or current_settings().replies.audience
+    log = get_run_logger()
     inbound = read_email(audience, email_id)
-    tag_email(audience, email_id, {"workflow": "answer-inbound", "state": "answering"})
-    reply = reply_to_email(
-        audience,
-        email_id,
-        reply_markdown or draft_reply(inbound),
-        idempotency_key=message_key("reply", email_id),
-    )
-    delivery = await_delivery(audience, reply.id, wait)
-    tag_email(audience, email_id, {"state": f"reply-{delivery.outcome}"})
+    recorded = _recorded(inbound)
+    if recorded is not None:
+        log.info("%s was handled already: %s", email_id, recorded.outcome)
+        return recorded
+    reply_id = inbound.tags.get(REPLY_TAG)
+    if reply_id is None:  # else an earlier run replied and stopped before the outcome
+        reason = _skip_reason(audience, inbound)
+        if reason is not None:
+            tag_email(audience, email_id, {STATE_TAG: "reply-skipped", REASON_TAG: reason})
+            log.info("Not answering %s: %s", email_id, reason)
+            return ReplyReport(inbound_id=email_id, reply_id=None, outcome="skipped", reason=reason)
+        tag_email(audience, email_id, {"workflow": "answer-inbound", STATE_TAG: "answering"})
+        reply_id = reply_to_email(
+            audience,
+            email_id,
+            reply_markdown or draft(inbound),
+            idempotency_key=message_key("reply", email_id),
+        ).id
+        tag_email(audience, email_id, {STATE_TAG: "awaiting-decision", REPLY_TAG: reply_id})
+    delivery = await_delivery(audience, reply_id, wait)
+    tag_email(audience, email_id, {STATE_TAG: f"reply-{delivery.outcome}"})
     create_markdown_artifact(
         key="answer-inbound",
         markdown=(
-            f"**Re: {inbound.subject}** from {inbound.sender}: reply `{reply.id}` "
+            f"**Re: {inbound.subject}** from {inbound.sender}: reply `{reply_id}` "
             f"**{delivery.outcome}**"
             + (f" (by {delivery.approved_by})" if delivery.approved_by else "")
         ),
@@ -114,7 +219,7 @@ def answer_inbound(
     )
     return ReplyReport(
         inbound_id=email_id,
-        reply_id=reply.id,
+        reply_id=reply_id,
         outcome=delivery.outcome,
         approved_by=delivery.approved_by,
     )

@@ -1,8 +1,9 @@
 """A small receiver for MultiMail webhooks: verifies each delivery, then acts on it.
 
-Today it resumes the flow run that suspended while waiting for an approval
-(`oversight.approved` / `oversight.rejected`). Run it with `<project> receiver serve` behind your
-HTTPS endpoint, and subscribe it to MultiMail's oversight events (`provision --webhook-url`).
+Each event type has a handler (`create_receiver(..., handlers=...)`); by default the decisions
+(`oversight.approved` / `oversight.rejected`) resume every flow run suspended on that email.
+Run it with `<project> receiver serve` behind your HTTPS endpoint, and subscribe it to
+MultiMail's oversight events (`provision --webhook-url`).
 
 Every delivery is checked before anything in it is trusted: `X-MultiMail-Signature` must be
 `sha256=` + the HMAC-SHA256 of the raw body keyed with the subscription's signing secret,
@@ -25,13 +26,16 @@ from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 from starlette.concurrency import run_in_threadpool
 
-from .approvals import FLOW_RUN_TAG, ResumeOutcome, resume_waiting_run
+from .approvals import ResumeOutcome, resume_waiters, waiting_runs
 
 SIGNATURE_HEADER = "X-MultiMail-Signature"
 DECISION_EVENTS = frozenset({"oversight.approved", "oversight.rejected"})
 
-Resumer = Callable[[str], Awaitable[ResumeOutcome]]
+Resumer = Callable[[str, dict[str, Any]], Awaitable[dict[str, ResumeOutcome]]]
 TagReader = Callable[[str, str], dict[str, str]]
+#: Acts on one verified, first-seen delivery's `data`; answers (status code, body). A 2xx
+#: marks the delivery done; anything else leaves it to MultiMail's retry.
+EventHandler = Callable[[dict[str, Any]], Awaitable[tuple[int, dict[str, Any]]]]
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -63,17 +67,45 @@ def _answer(status_code: int, **body: Any) -> JSONResponse:
     return JSONResponse(body, status_code=status_code)
 
 
+def decision_handler(read_tags: TagReader, resume: Resumer = resume_waiters) -> EventHandler:
+    """Resume every flow run suspended on the decided email (`oversight.approved/rejected`)."""
+
+    async def on_decision(data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        email_id, mailbox_id = str(data.get("email_id", "")), str(data.get("mailbox_id", ""))
+        carried = data.get("tags")
+        tags: dict[str, Any] = (
+            carried
+            if isinstance(carried, dict) and waiting_runs(carried)
+            else await run_in_threadpool(read_tags, mailbox_id, email_id)
+        )
+        if not waiting_runs(tags):
+            return 200, {"status": "ignored", "reason": "no flow run waits for this email"}
+        outcomes = await resume(email_id, tags)
+        if "not_suspended_yet" in outcomes.values():
+            # Not acted on as a whole: MultiMail retries the delivery with backoff, and runs
+            # resumed already answer `resumed` again.
+            return 503, {"error": "a flow run is not suspended yet; retry later"}
+        return 200, {"status": "handled", "email_id": email_id, "flow_runs": outcomes}
+
+    return on_decision
+
+
 def create_receiver(
     signing_secret: SecretStr,
     *,
     read_tags: TagReader,
-    resume: Resumer = resume_waiting_run,
+    resume: Resumer = resume_waiters,
+    handlers: dict[str, EventHandler] | None = None,
 ) -> FastAPI:
     """The receiver app. `read_tags(mailbox_id, email_id)` fetches an email's tags when a
-    delivery does not carry them (MultiMail's published payload example has none)."""
+    delivery does not carry them (MultiMail's published payload example has none).
+    `handlers` adds or replaces what is done per event type (the decisions by default)."""
     app = FastAPI(title="MultiMail webhook receiver", docs_url=None, redoc_url=None)
     seen = _SeenDeliveries()
     secret = signing_secret.get_secret_value()
+    on_decision = decision_handler(read_tags, resume)
+    dispatch: dict[str, EventHandler] = {event: on_decision for event in DECISION_EVENTS}
+    dispatch.update(handlers or {})
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -99,25 +131,13 @@ def create_receiver(
             return _answer(400, error="body is not a MultiMail webhook delivery (event, id, data)")
         if delivery_id in seen:
             return _answer(200, status="duplicate", delivery_id=delivery_id)
-        if event not in DECISION_EVENTS:
+        handler = dispatch.get(event)
+        if handler is None:
             seen.add(delivery_id)
             return _answer(200, status="ignored", event=event)
-        email_id, mailbox_id = str(data.get("email_id", "")), str(data.get("mailbox_id", ""))
-        carried = data.get("tags")
-        tags: dict[str, Any] = (
-            carried
-            if isinstance(carried, dict) and FLOW_RUN_TAG in carried
-            else await run_in_threadpool(read_tags, mailbox_id, email_id)
-        )
-        flow_run_id = tags.get(FLOW_RUN_TAG)
-        if not flow_run_id:
+        status_code, answer = await handler(data)
+        if 200 <= status_code < 300:
             seen.add(delivery_id)
-            return _answer(200, status="ignored", reason="no flow run waits for this email")
-        outcome = await resume(str(flow_run_id))
-        if outcome == "not_suspended_yet":
-            # Not acted on: MultiMail retries the delivery with backoff.
-            return _answer(503, error="the flow run is not suspended yet; retry later")
-        seen.add(delivery_id)
-        return _answer(200, status=outcome, flow_run_id=flow_run_id, email_id=email_id)
+        return _answer(status_code, **answer)
 
     return app

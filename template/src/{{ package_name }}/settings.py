@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     SecretStr,
     StringConstraints,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -96,6 +97,10 @@ class SettingsFile(TomlConfigSettingsSource):
         return values
 
 
+class SettingsError(ValueError):
+    """The settings do not load; the message names each variable or key to fix."""
+
+
 class Settings(BaseSettings):
     """Everything the client, tasks and flows need to know, validated once."""
 
@@ -124,6 +129,13 @@ class Settings(BaseSettings):
     retries: int = Field(default=5, ge=0, le=50)
     retry_backoff_seconds: float = Field(default=1.0, ge=0)
     retry_after_cap_seconds: float = Field(default=60.0, ge=0)
+    scan_timeout_seconds: float = Field(default=60.0, gt=0)
+    max_replies_per_thread_per_day: int = Field(default=3, ge=1)
+    project: str = Field(
+        default="multimail",
+        pattern=r"^[a-z0-9][a-z0-9-]*$",
+        description="Namespace of this project's pause keys on a shared Prefect server.",
+    )
     digest: DigestSettings
     replies: ReplySettings
     audiences: dict[str, Audience] = Field(min_length=1)
@@ -177,3 +189,22 @@ class Settings(BaseSettings):
                 f"unknown audience {name!r}; {SETTINGS_FILE.name} defines "
                 f"{', '.join(sorted(self.audiences))}"
             ) from None
+
+
+def load_settings(*, read_env_file: bool = True) -> Settings:
+    """Read and validate the settings now, or raise `SettingsError` naming what to fix.
+
+    `read_env_file=False` ignores a `.env` in the working directory (deployed runs, tests).
+    """
+    try:
+        return Settings() if read_env_file else Settings(_env_file=None)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            path = [str(part) for part in item["loc"]]
+            variable = "MULTIMAIL_" + "__".join(part.upper() for part in path)
+            where = ".".join(path) or "settings"
+            problems.append(f"{where} (MULTIMAIL setting {variable}): {item['msg']}")
+        raise SettingsError(
+            f"invalid settings in {SETTINGS_FILE.name} or the environment: " + "; ".join(problems)
+        ) from None

@@ -2,11 +2,16 @@
 
 Tasks take an *audience* (a name from settings.toml), never a mailbox id or an oversight mode,
 and never credentials: the key is resolved inside the task from the environment or the Prefect
-Secret block. Every task shares one retry policy (`mail_task`, classified by `is_transient`):
-connection errors, timeouts, 429 and 5xx are retried with exponential backoff and jitter, a 429
-after at least its Retry-After; 400, 401, 403, 404 and 422 fail at once with the API's message
-and what to fix. Sends and replies carry an idempotency key, so a retry after a lost response
-returns the original message instead of sending a second one.
+Secret block. Every task shares one retry policy (`mail_task`, decided by
+`retry_policy.classify`): connection errors, timeouts, 429 and 5xx are retried with exponential
+backoff and jitter, a 429 after at least its Retry-After; 400, 401, 403, 404, 409 and 422 fail
+at once with the API's message and what to fix. Sends and replies carry an idempotency key, so a
+retry after a lost response returns the original message instead of sending a second one.
+
+Mail tasks are never cached and never persist their results: a status read before a suspension
+must be read again after it (a resumed run keeps its flow run id, which Prefect's default cache
+key contains), and results would put customer mail in result storage. Settings (retries, backoff)
+are read when a task runs, not when this module is imported.
 """
 
 from __future__ import annotations
@@ -14,31 +19,31 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Mapping
-from typing import Literal, ParamSpec, TypeVar
+from contextvars import ContextVar
+from typing import Literal, ParamSpec, SupportsIndex, TypeVar, overload
 
-import httpx
-from prefect import Task, task
+from prefect import Task
+from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
-from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict
 
-from .client import MultiMailAPIError, MultiMailClient
+from .client import MultiMailClient
 from .credentials import current_settings, shared_client
 from .models import Email, EmailSummary, SendResult, Thread
+from .retry_policy import RetryDecision, classify, retry_delay
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: Network trouble worth another attempt: refused or reset connections, timeouts, an answer cut
-#: off. Not a malformed URL or a local protocol error, which no retry would fix.
-TRANSIENT_TRANSPORT_ERRORS = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
-
 #: Statuses of an outbound email that is still on its way to a decision.
 WAITING_STATUSES = frozenset({"pending_scan", "pending_send_approval"})
 
-#: Where an outbound email ended up. `pending`: a human has yet to decide (only ever returned by
-#: `check_delivery`; a flow that waited reports `timed_out` instead).
-Outcome = Literal["sent", "scheduled", "rejected", "cancelled", "failed", "timed_out", "pending"]
+#: Where an outbound email ended up. `pending`: it may still be sent (scanning, or a human has
+#: yet to decide). `timed_out`: nobody decided in time and MultiMail accepted the cancel, so it
+#: will never go out. `skipped`: the flow chose not to answer (see `flows.answer_inbound`).
+Outcome = Literal[
+    "sent", "scheduled", "rejected", "cancelled", "failed", "timed_out", "pending", "skipped"
+]
 _OUTCOMES: dict[str, Outcome] = {
     "sent": "sent",
     "scheduled": "scheduled",
@@ -49,38 +54,81 @@ _OUTCOMES: dict[str, Outcome] = {
     "spam_quarantined": "failed",
 }
 
+#: The decision `is_transient` made last in this context, read back by `_RetryDelays` when
+#: Prefect (right after asking the condition) picks the delay of the retry.
+_last_decision: ContextVar[RetryDecision] = ContextVar("multimail_last_decision")
+
 
 def is_transient(task: Task[..., object], task_run: TaskRun, state: State[object]) -> bool:
-    """Prefect retry condition: retry only what may succeed later.
+    """Prefect retry condition: retry only what may succeed later (`retry_policy.classify`).
 
-    Prefect asks only while retries remain, so this is also where a 429 waits out its
-    Retry-After (capped) before Prefect adds its own backoff delay.
+    It never sleeps: a 429's Retry-After becomes the delay of the `AwaitingRetry` state Prefect
+    sets next (see `_RetryDelays`), so the run shows as waiting and the log states the real wait.
     """
     try:
         state.result()
-    except MultiMailAPIError as error:
-        if error.status_code == 429 and error.retry_after:
-            cap = current_settings().retry_after_cap_seconds
-            if error.retry_after > cap:
-                return False  # e.g. a monthly quota: no retry within reach would succeed
-            time.sleep(error.retry_after)
-        return error.retryable
-    except TRANSIENT_TRANSPORT_ERRORS:
-        return True
-    except Exception:
-        return False
+    except Exception as error:
+        decision = classify(
+            error, retry_after_cap_seconds=current_settings().retry_after_cap_seconds
+        )
+        _last_decision.set(decision)
+        return decision.retryable
     return False
 
 
+class _RetryDelays(list[float]):
+    """`retry_delay_seconds` of every mail task, computed when Prefect asks for one.
+
+    Prefect reads `task.retry_delay_seconds[attempt]` right after the retry condition said yes,
+    so the delay can follow the failure (a 429's Retry-After) and the settings of the moment
+    (backoff from settings.toml). The stored values are placeholders that only give the length
+    Prefect checks (at most 50 retries).
+    """
+
+    def __init__(self) -> None:
+        super().__init__([0.0] * 50)
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> float: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[float]: ...
+    def __getitem__(self, index: SupportsIndex | slice) -> float | list[float]:
+        if isinstance(index, slice):
+            return list(super().__getitem__(index))
+        decision = _last_decision.get(RetryDecision(True))
+        return retry_delay(decision, int(index), current_settings().retry_backoff_seconds)
+
+
+#: A `retries` value that means "as settings.toml says when the task runs".
+_FROM_SETTINGS = -1
+
+
+class MailTask(Task[P, R]):
+    """A Prefect task whose retry count is read from the settings when it runs."""
+
+    _retries: int = _FROM_SETTINGS
+
+    @property
+    def retries(self) -> int:
+        if self._retries == _FROM_SETTINGS:
+            return current_settings().retries
+        return self._retries
+
+    @retries.setter
+    def retries(self, value: int) -> None:
+        self._retries = value
+
+
 def mail_task(fn: Callable[P, R]) -> Task[P, R]:
-    """Decorate `fn` as a task with the shared MultiMail retry policy (from settings.toml)."""
-    settings = current_settings()
-    return task(
-        retries=settings.retries,
-        retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_backoff_seconds),
-        retry_jitter_factor=0.5,
+    """Decorate `fn` as a MultiMail task: shared retry policy, never cached, nothing persisted."""
+    return MailTask(
+        fn=fn,
+        retries=_FROM_SETTINGS,
+        retry_delay_seconds=_RetryDelays(),
         retry_condition_fn=is_transient,
-    )(fn)
+        cache_policy=NO_CACHE,
+        persist_result=False,
+    )
 
 
 def message_key(action: str, *identity: str) -> str:
@@ -109,68 +157,47 @@ def _mailbox(client: MultiMailClient, audience: str) -> str:
     return client.mailbox_id(current_settings().audience(audience).mailbox)
 
 
-def _is_duplicate(error: MultiMailAPIError) -> bool:
-    return error.status_code == 409 and "duplicate" in error.message.lower()
-
-
-def _identical(
-    client: MultiMailClient, mailbox: str, candidates: list[EmailSummary], markdown: str
-) -> SendResult | None:
-    """The candidate whose body is `markdown` too: the message a 409 Duplicate refers to."""
-    for summary in candidates:
-        if client.get_email(mailbox, summary.id).markdown == markdown:
-            return SendResult(
-                id=summary.id, status=summary.status, thread_id=summary.thread_id, idempotent=True
-            )
-    return None
-
-
 @mail_task
 def send_email(
     audience: str, to: list[str], subject: str, markdown: str, idempotency_key: str
 ) -> SendResult:
     """Send a new email from the audience's mailbox (held for approval if its mode says so).
 
-    A 409 "Duplicate" means MultiMail already has this very message (an earlier attempt went
-    through): the result is that message, never a second email.
+    A repeat of the same `idempotency_key` (a retry after a lost answer) returns the original
+    message. A 409 "Duplicate" can then only be about a *different* message with the same
+    content; it fails at once with what to do, and nothing else is claimed as this send.
     """
     client = shared_client()
-    mailbox = _mailbox(client, audience)
-    try:
-        return client.send(
-            mailbox, to=to, subject=subject, markdown=markdown, idempotency_key=idempotency_key
-        )
-    except MultiMailAPIError as error:
-        if not _is_duplicate(error):
-            raise
-        recent = client.list_emails(mailbox, direction="outbound", limit=100).emails
-        same = [e for e in recent if e.subject == subject and sorted(e.to) == sorted(to)]
-        existing = _identical(client, mailbox, same, markdown)
-        if existing is None:
-            raise
-        return existing
+    return client.send(
+        _mailbox(client, audience),
+        to=to,
+        subject=subject,
+        markdown=markdown,
+        idempotency_key=idempotency_key,
+    )
 
 
 @mail_task
 def reply_to_email(audience: str, email_id: str, markdown: str, idempotency_key: str) -> SendResult:
     """Reply in the thread of `email_id`; recipients and subject come from the original.
 
-    Like `send_email`, a 409 "Duplicate" resolves to the reply that already exists.
+    Like `send_email`: a repeated key returns the original reply, a 409 fails at once.
     """
     client = shared_client()
-    mailbox = _mailbox(client, audience)
-    try:
-        return client.reply(mailbox, email_id, markdown=markdown, idempotency_key=idempotency_key)
-    except MultiMailAPIError as error:
-        if not _is_duplicate(error):
-            raise
-        original = client.get_email(mailbox, email_id)
-        thread = client.get_thread(mailbox, original.thread_id or "")
-        replies = [e for e in thread.emails if e.direction == "outbound" and e.id > email_id]
-        existing = _identical(client, mailbox, replies, markdown)
-        if existing is None:
-            raise
-        return existing
+    return client.reply(
+        _mailbox(client, audience), email_id, markdown=markdown, idempotency_key=idempotency_key
+    )
+
+
+@mail_task
+def own_addresses() -> frozenset[str]:
+    """The addresses of this project's mailboxes (every audience's), lower case."""
+    local_parts = {audience.mailbox for audience in current_settings().audiences.values()}
+    return frozenset(
+        mailbox.address.lower()
+        for mailbox in shared_client().list_mailboxes()
+        if mailbox.local_part in local_parts
+    )
 
 
 @mail_task
@@ -270,7 +297,7 @@ def _poll(
         if email.status not in waiting:
             return _delivery(email)
         if remaining <= 0:
-            return Delivery(email_id=email_id, outcome="timed_out", status=email.status)
+            return _delivery(email)  # still `pending`: it may yet be sent
         time.sleep(min(interval, remaining))
         interval = min(interval * 1.5, max_poll_seconds)
 
@@ -286,10 +313,11 @@ def wait_for_decision(
     """Poll an outbound email until it leaves scanning and the approval queue.
 
     In an autonomous or monitored mailbox that is right after the scan; in a gated one it is
-    when a human approves (`sent`) or rejects (`rejected`), or someone cancels it. A timeout
-    is an outcome too (`timed_out`), reported rather than raised, so it is never retried.
-    The task holds its worker while it waits: fine for minutes; for hours, suspend the flow
-    instead (`approvals.await_delivery(..., wait="suspend")`).
+    when a human approves (`sent`) or rejects (`rejected`), or someone cancels it. When the
+    time is up it returns `pending` (not an error, so never retried): the email may still be
+    sent, and only a cancel MultiMail accepts makes it `timed_out` (`approvals.await_delivery`
+    does that). The task holds its worker while it waits: fine for minutes; for hours,
+    suspend the flow instead (`approvals.await_delivery(..., wait="suspend")`).
     """
     limit = current_settings().approval_timeout_seconds
     if timeout_seconds is not None:
@@ -305,13 +333,20 @@ def wait_for_decision(
 
 
 @mail_task
-def check_delivery(audience: str, email_id: str, scan_timeout_seconds: float = 60.0) -> Delivery:
-    """Where the email stands once MultiMail's scan is done; `pending` if a human must decide."""
+def check_delivery(
+    audience: str, email_id: str, scan_timeout_seconds: float | None = None
+) -> Delivery:
+    """Where the email stands once MultiMail's scan is done (waiting at most the scan timeout,
+    `scan_timeout_seconds` in settings.toml); `pending` while it may still be sent: a human
+    must decide, or the scan is slower than the timeout."""
+    limit = current_settings().scan_timeout_seconds
+    if scan_timeout_seconds is not None:
+        limit = scan_timeout_seconds
     return _poll(
         audience,
         email_id,
         waiting=frozenset({"pending_scan"}),
-        timeout_seconds=scan_timeout_seconds,
+        timeout_seconds=limit,
         poll_seconds=0.2,
         max_poll_seconds=2.0,
     )

@@ -16,6 +16,7 @@ from ..client import MultiMailClient
 from ..demo import Operator, provision_on_fake
 from ..fake import FakeMultiMail, pytest_plugin
 from ..provision import MailboxState
+from ..settings import Settings
 
 APP_SCOPES = ["read", "send", "admin"]
 
@@ -24,8 +25,22 @@ fake_multimail = pytest_plugin.fake_multimail
 fake = pytest_plugin.fake
 
 
+#: The audience the approval and suspend tests bring along: gated, whatever the project's own
+#: audiences are (they may all be autonomous or read_only). Injected by `gated_audience`.
+GATED_AUDIENCE = "pytest_gated"
+GATED_MAILBOX = "pytest-gated-approvals"
+#: Prefect settings the suite is meant to pass under either way, so they may come from outside
+#: (the template's own suite runs the suspend tests with result persistence on).
+KEPT_VARIABLES = frozenset({"PREFECT_RESULTS_PERSIST_BY_DEFAULT"})
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Keep Prefect local and quiet before anything imports it."""
+    """Keep Prefect local and quiet before anything imports it, and the tests hermetic: no
+    MULTIMAIL_* or PREFECT_* variable and no `.env` of the developer's reaches them."""
+    for name in list(os.environ):
+        if name.startswith(("MULTIMAIL_", "PREFECT_")) and name not in KEPT_VARIABLES:
+            del os.environ[name]
+    Settings.model_config["env_file"] = None
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-home-")
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -33,9 +48,6 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
     # The same retry policy as in production, with delays shrunk so fault tests stay quick.
     os.environ["MULTIMAIL_RETRY_BACKOFF_SECONDS"] = "0.01"
-    # A developer's own .env or key must never leak into the tests.
-    for name in ("MULTIMAIL_API_KEY", "MULTIMAIL_API_URL"):
-        os.environ.pop(name, None)
 
 
 @pytest.fixture
@@ -56,6 +68,22 @@ def operator_client(fake: FakeMultiMail) -> Iterator[MultiMailClient]:
     key = SecretStr(fake.create_key(["oversight"], name="operator"))
     with MultiMailClient(fake.base_url, key) as mail:
         yield mail
+
+
+@pytest.fixture
+def gated_audience(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A test-only gated_send audience that answers inbound mail (the replies audience).
+
+    Set through MULTIMAIL_* variables, so a `serve` subprocess started by a test sees it too.
+    Request it before `mail_env`, which provisions its mailbox.
+    """
+    prefix = f"MULTIMAIL_AUDIENCES__{GATED_AUDIENCE.upper()}__"
+    monkeypatch.setenv(prefix + "MAILBOX", GATED_MAILBOX)
+    monkeypatch.setenv(prefix + "OVERSIGHT_MODE", "gated_send")
+    monkeypatch.setenv(prefix + "PURPOSE", "Replies a human approves (tests only).")
+    monkeypatch.setenv("MULTIMAIL_REPLIES__AUDIENCE", GATED_AUDIENCE)
+    credentials.reset()
+    return GATED_AUDIENCE
 
 
 @pytest.fixture

@@ -6,12 +6,18 @@ their real retry policy (delays shrunk by conftest), so what is proven here is w
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import httpx
 import pytest
 from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 from prefect.runtime import flow_run
 
 from .. import credentials
@@ -123,27 +129,51 @@ def test_rate_limit_waits_at_least_retry_after(
     assert [e.id for e in outbound(client, audience)] == [email_id]
 
 
-def test_a_duplicate_409_resolves_to_the_message_that_exists(
-    fake: FakeMultiMail, client: MultiMailClient, audience: str
+def test_a_retry_after_is_waited_out_by_prefect_and_logged_as_the_real_delay(
+    fake: FakeMultiMail, client: MultiMailClient, audience: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The first attempt goes through but its answer is lost; the retry is told "Duplicate".
-    add_fault(fake, path_prefix="/v1/mailboxes/", method="POST", drop_response=True, count=1)
-    add_fault(fake, path_prefix="/v1/mailboxes/", method="POST", count=1, **DUPLICATE_409)
-    email_id = _send(audience)
-    assert times_fired(fake) == 2
-    assert [e.id for e in outbound(client, audience)] == [email_id]
+    caplog.set_level(logging.INFO, logger="prefect.task_runs")
+    add_fault(fake, path_prefix="/v1/mailboxes/", method="POST", status=429, retry_after=2, count=1)
+
+    @flow
+    def send_once() -> str:
+        return _send(audience, key="rate-limited")
+
+    state = send_once(return_state=True)
+    assert state.is_completed()
+    run_filter = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as prefect:
+        (task_run,) = prefect.read_task_runs(flow_run_filter=run_filter)
+        states = prefect.read_task_run_states(task_run.id)
+        # The task run itself waited in AwaitingRetry for the Retry-After: the retry condition
+        # did not sleep it out while the run showed Running.
+        (waiting,) = [s for s in states if s.name == "AwaitingRetry"]
+        assert waiting.state_details.scheduled_time is not None
+        delay = (waiting.state_details.scheduled_time - waiting.timestamp).total_seconds()
+        assert delay >= 1.9
+    said = [r.getMessage() for r in caplog.records if "Retry 1/" in r.getMessage()]
+    (line,) = said
+    logged = float(line.split("will start ", 1)[1].split(" ", 1)[0])
+    assert logged >= 2.0  # the log states the wait that really happens
 
 
-def test_a_duplicate_409_never_claims_a_different_message(
+def test_a_duplicate_409_fails_at_once_and_claims_no_other_message(
     fake: FakeMultiMail, client: MultiMailClient, audience: str
 ) -> None:
-    # Same subject and recipients, another body: not the message the 409 is about.
-    other = send_email(audience, ["ada@example.com"], "Hello", "Another text", "other-key").id
+    # Every send carries its own key, so a 409 "Duplicate" is about a *different* message with
+    # the same content (here `other`): adopting it would hijack that message and its tags.
+    other = send_email(audience, ["ada@example.com"], "Hello", "Hi Ada", "other-key").id
+    mailbox = client.mailbox_id(credentials.current_settings().audience(audience).mailbox)
+    tags = {"prefect-flow-run-00000000-0000-4000-8000-000000000000": "someone else's wait"}
+    client.set_tags(mailbox, other, tags)
     add_fault(fake, path_prefix="/v1/mailboxes/", method="POST", count=1, **DUPLICATE_409)
     with pytest.raises(MultiMailAPIError) as caught:
         _send(audience, key="k-2")
     assert caught.value.status_code == 409
+    assert "idempotency key" in str(caught.value)  # says why and what to do
+    assert times_fired(fake) == 1  # never retried
     assert [e.id for e in outbound(client, audience)] == [other]
+    assert client.get_tags(mailbox, other) == tags
 
 
 def test_reply_under_a_lost_response_is_sent_once(

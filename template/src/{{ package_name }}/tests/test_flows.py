@@ -7,15 +7,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from prefect import flow
+from prefect.settings import PREFECT_RESULTS_PERSIST_BY_DEFAULT, temporary_settings
 from pydantic import SecretStr
 
-from .. import credentials
+from .. import credentials, flows
 from ..client import MultiMailClient
 from ..demo import Operator
 from ..fake import FakeMultiMail
-from ..flows import answer_inbound, status_digest
+from ..flows import answer_inbound, draft, status_digest
+from ..models import Email
 from ..provision import MailboxState
-from ..settings import OversightMode
+from ..tasks import check_delivery, read_email, send_email
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
@@ -48,6 +51,7 @@ def test_status_digest_reaches_the_team(
 
 
 def test_approved_reply_is_sent_and_reported(
+    gated_audience: str,
     mail_env: list[MailboxState],
     fake: FakeMultiMail,
     approving_operator: Operator,
@@ -63,24 +67,19 @@ def test_approved_reply_is_sent_and_reported(
     assert report.outcome == "sent"
     settings = credentials.current_settings()
     mailbox = client.mailbox_id(settings.audience(settings.replies.audience).mailbox)
+    assert report.reply_id is not None
     reply = client.get_email(mailbox, report.reply_id)
     assert (reply.status, reply.to) == ("sent", ["ada@example.com"])
     assert client.get_tags(mailbox, inbound)["state"] == "reply-sent"
 
 
 def test_rejected_reply_is_reported_not_retried(
+    gated_audience: str,
     mail_env: list[MailboxState],
     fake: FakeMultiMail,
     rejecting_operator: Operator,
     client: MultiMailClient,
 ) -> None:
-    mode = (
-        credentials.current_settings()
-        .audience(credentials.current_settings().replies.audience)
-        .oversight_mode
-    )
-    if mode not in (OversightMode.GATED_SEND, OversightMode.GATED_ALL):
-        pytest.skip(f"the replies audience is {mode}: no human decides, nothing to reject")
     inbound = fake.deliver_inbound(
         to=_replies_address(mail_env),
         sender="bob@example.com",
@@ -98,15 +97,12 @@ def test_rejected_reply_is_reported_not_retried(
 
 
 def test_an_unanswered_reply_times_out_and_is_cancelled(
+    gated_audience: str,
     mail_env: list[MailboxState],
     fake: FakeMultiMail,
     client: MultiMailClient,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    audience = credentials.current_settings().replies.audience
-    mode = credentials.current_settings().audience(audience).oversight_mode
-    if mode not in (OversightMode.GATED_SEND, OversightMode.GATED_ALL):
-        pytest.skip(f"the replies audience is {mode}: nothing waits for a human")
     monkeypatch.setenv("MULTIMAIL_APPROVAL_TIMEOUT_SECONDS", "1")
     credentials.reset()
     inbound = fake.deliver_inbound(
@@ -120,6 +116,7 @@ def test_an_unanswered_reply_times_out_and_is_cancelled(
     settings = credentials.current_settings()
     mailbox = client.mailbox_id(settings.audience(settings.replies.audience).mailbox)
     # Cancelled, so that a late approval cannot send it behind the flow's back.
+    assert report.reply_id is not None
     assert client.get_email(mailbox, report.reply_id).status == "cancelled"
     credentials.reset()
 
@@ -142,3 +139,51 @@ def test_a_mode_change_in_settings_changes_the_flow_without_editing_it(
     assert report.outcome == "sent"
     assert report.approved_by is None
     credentials.reset()
+
+
+@pytest.mark.parametrize("persist", [False, True], ids=["default", "results-persisted"])
+def test_a_status_read_again_is_never_a_cached_answer(
+    gated_audience: str,
+    mail_env: list[MailboxState],
+    operator_client: MultiMailClient,
+    persist: bool,
+) -> None:
+    """With result persistence on, Prefect's default cache key (inputs, task source, flow run
+    id) would answer the second read from the first: an approved email reported pending."""
+
+    @flow
+    def read_before_and_after_a_decision() -> tuple[str, str]:
+        sent = send_email(gated_audience, ["ada@example.com"], "Hello", "Hi", "persist-1")
+        before = check_delivery(gated_audience, sent.id)
+        (pending,) = operator_client.list_pending()
+        operator_client.decide(pending.id, "approve")
+        after = check_delivery(gated_audience, sent.id)
+        return before.outcome, after.outcome
+
+    with temporary_settings(updates={PREFECT_RESULTS_PERSIST_BY_DEFAULT: persist}):
+        assert read_before_and_after_a_decision() == ("pending", "sent")
+
+
+def test_a_reply_is_drafted_once_per_inbound_email(
+    mail_env: list[MailboxState], fake: FakeMultiMail, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rerun (after a resume, a retry, a redelivered webhook) reuses the draft: a model is
+    asked, and billed, once per inbound email."""
+    drafted: list[str] = []
+
+    def counting_draft(email: Email) -> str:
+        drafted.append(email.id)
+        return f"Answer to {email.subject}"
+
+    monkeypatch.setattr(flows, "draft_reply", counting_draft)
+    audience = credentials.current_settings().replies.audience
+    inbound = fake.deliver_inbound(
+        to=_replies_address(mail_env), sender="ada@example.com", subject="Q1", markdown="?"
+    )
+
+    @flow
+    def draft_it() -> str:
+        return draft(read_email(audience, inbound))
+
+    assert draft_it() == draft_it() == "Answer to Q1"  # two flow runs
+    assert drafted == [inbound]

@@ -12,13 +12,16 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from ..approvals import FLOW_RUN_TAG, ResumeOutcome
+from ..approvals import ResumeOutcome, waiter_tag
 from ..fake import sign
 from ..receiver import SIGNATURE_HEADER, create_receiver
 from ..serving import BackgroundServer
 
 SECRET = "whsec_" + "5e" * 16
 RUN_ID = "5b0f1a8e-0000-4000-8000-000000000001"
+OTHER_RUN_ID = "5b0f1a8e-0000-4000-8000-000000000002"
+#: The tag a run suspended on email em-1 leaves on it.
+WAITING = {waiter_tag(RUN_ID): "my-project-decision-em-1"}
 
 
 class Receiver:
@@ -30,9 +33,10 @@ class Receiver:
         self._outcome = outcome
         self._tags = tags or {}
 
-        async def resume(flow_run_id: str) -> ResumeOutcome:
-            self.resumed.append(flow_run_id)
-            return self._outcome
+        async def resume(email_id: str, tags: dict[str, Any]) -> dict[str, ResumeOutcome]:
+            runs = [name.removeprefix("prefect-flow-run-") for name in tags]
+            self.resumed.extend(runs)
+            return dict.fromkeys(runs, self._outcome)
 
         def read_tags(mailbox_id: str, email_id: str) -> dict[str, str]:
             self.tag_reads.append((mailbox_id, email_id))
@@ -66,7 +70,7 @@ def delivery(event: str = "oversight.approved", delivery_id: str = "dlv-1", **da
 )
 def test_an_unsigned_or_badly_signed_delivery_is_refused_with_the_fix(signature: str) -> None:
     receiver = Receiver()
-    answer = receiver.post(delivery(tags={FLOW_RUN_TAG: RUN_ID}), signature)
+    answer = receiver.post(delivery(tags=WAITING), signature)
     assert answer.status_code == 401
     assert "signing secret" in answer.json()["error"]
     assert receiver.resumed == []
@@ -74,8 +78,8 @@ def test_an_unsigned_or_badly_signed_delivery_is_refused_with_the_fix(signature:
 
 def test_a_signature_over_other_bytes_is_refused() -> None:
     receiver = Receiver()
-    signed = delivery(tags={FLOW_RUN_TAG: RUN_ID})
-    tampered = delivery(tags={FLOW_RUN_TAG: "another-run"})
+    signed = delivery(tags=WAITING)
+    tampered = delivery(tags={waiter_tag(OTHER_RUN_ID): "x"})
     assert receiver.post(tampered, sign(SECRET, signed)).status_code == 401
     assert receiver.resumed == []
 
@@ -97,24 +101,32 @@ def test_a_body_that_is_not_a_delivery_is_a_400(body: bytes) -> None:
 
 def test_a_decision_resumes_the_run_named_by_the_email_tag() -> None:
     receiver = Receiver()
-    answer = receiver.post(delivery(tags={FLOW_RUN_TAG: RUN_ID}))
+    answer = receiver.post(delivery(tags=WAITING))
     assert answer.status_code == 200
-    assert answer.json()["status"] == "resumed"
+    assert answer.json()["flow_runs"] == {RUN_ID: "resumed"}
     assert receiver.resumed == [RUN_ID]
     assert receiver.tag_reads == []  # the delivery carried the tag
 
 
+def test_every_run_waiting_on_the_email_is_resumed() -> None:
+    receiver = Receiver()
+    both = {**WAITING, waiter_tag(OTHER_RUN_ID): "my-project-decision-em-1"}
+    answer = receiver.post(delivery(tags=both))
+    assert answer.json()["flow_runs"] == {RUN_ID: "resumed", OTHER_RUN_ID: "resumed"}
+
+
 def test_without_tags_in_the_payload_the_receiver_reads_them() -> None:
-    receiver = Receiver(tags={FLOW_RUN_TAG: RUN_ID})
-    assert receiver.post(delivery(event="oversight.rejected")).json()["status"] == "resumed"
+    receiver = Receiver(tags=WAITING)
+    answer = receiver.post(delivery(event="oversight.rejected"))
+    assert answer.json()["flow_runs"] == {RUN_ID: "resumed"}
     assert receiver.tag_reads == [("mb-1", "em-1")]
     assert receiver.resumed == [RUN_ID]
 
 
 def test_a_redelivery_is_answered_but_not_acted_on_twice() -> None:
     receiver = Receiver()
-    body = delivery(tags={FLOW_RUN_TAG: RUN_ID})
-    assert receiver.post(body).json()["status"] == "resumed"
+    body = delivery(tags=WAITING)
+    assert receiver.post(body).json()["flow_runs"] == {RUN_ID: "resumed"}
     again = receiver.post(body)
     assert again.status_code == 200
     assert again.json()["status"] == "duplicate"
@@ -123,7 +135,7 @@ def test_a_redelivery_is_answered_but_not_acted_on_twice() -> None:
 
 def test_a_run_not_suspended_yet_makes_multimail_retry() -> None:
     receiver = Receiver(outcome="not_suspended_yet")
-    body = delivery(tags={FLOW_RUN_TAG: RUN_ID})
+    body = delivery(tags=WAITING)
     assert receiver.post(body).status_code == 503
     assert receiver.post(body).status_code == 503  # not marked seen: the retry is acted on
     assert receiver.resumed == [RUN_ID, RUN_ID]

@@ -12,8 +12,10 @@ from ..client import MultiMailAPIError
 from ..credentials import MissingSecretError
 from ..fake import FakeMultiMail
 from ..provision import MailboxState
+from ..retry_policy import RetryDecision, classify, retry_delay
 from ..tasks import (
     cancel_email,
+    check_delivery,
     check_inbox,
     count_emails,
     get_email_status,
@@ -64,6 +66,20 @@ def test_a_rate_limit_beyond_the_cap_is_not_retried() -> None:
     assert is_transient(send_email, None, state) is False  # type: ignore[arg-type]
 
 
+def test_a_rate_limit_waits_its_retry_after_and_the_backoff_grows() -> None:
+    limited = MultiMailAPIError(
+        status_code=429, message="slow down", method="POST", path="/send", retry_after=7
+    )
+    decision = classify(limited, retry_after_cap_seconds=60)
+    assert decision == RetryDecision(True, 7.0, "HTTP 429")
+    assert all(retry_delay(decision, attempt, 0.5) >= 7.0 for attempt in range(4))
+    plain = classify(_api_error(503), retry_after_cap_seconds=60)
+    assert 1.0 <= retry_delay(plain, 1, 0.5) <= 1.5  # 0.5 * 2**1, plus up to 50 % jitter
+    refused = classify(_api_error(409), retry_after_cap_seconds=60)
+    assert not refused.retryable
+    assert "409" in refused.reason
+
+
 def test_a_completed_state_is_not_retried() -> None:
     assert is_transient(send_email, None, Completed(data=1)) is False  # type: ignore[arg-type]
 
@@ -83,17 +99,29 @@ def test_internal_audience_sends_without_a_human(mail_env: list[MailboxState]) -
     expected = (
         "sent"
         if settings.audience(audience).oversight_mode in ("autonomous", "monitored")
-        else "timed_out"
+        else "pending"
     )
     assert delivery.outcome == expected
 
 
-def test_gated_audience_times_out_without_a_decision(mail_env: list[MailboxState]) -> None:
-    audience = credentials.current_settings().replies.audience
-    sent = send_email.fn(audience, ["ada@example.com"], "Hello", "Hi", "gated-1")
-    delivery = wait_for_decision.fn(audience, sent.id, timeout_seconds=0.3, poll_seconds=0.1)
-    assert (delivery.outcome, delivery.status) == ("timed_out", "pending_send_approval")
-    assert get_email_status.fn(audience, sent.id) == "pending_send_approval"
+def test_a_wait_that_runs_out_reports_pending_never_timed_out(
+    gated_audience: str, mail_env: list[MailboxState]
+) -> None:
+    sent = send_email.fn(gated_audience, ["ada@example.com"], "Hello", "Hi", "gated-1")
+    delivery = wait_for_decision.fn(gated_audience, sent.id, timeout_seconds=0.3, poll_seconds=0.1)
+    # Only a cancel MultiMail accepted may turn this into timed_out: it can still be sent.
+    assert (delivery.outcome, delivery.status) == ("pending", "pending_send_approval")
+    assert get_email_status.fn(gated_audience, sent.id) == "pending_send_approval"
+
+
+def test_a_scan_slower_than_the_scan_timeout_is_still_pending(
+    mail_env: list[MailboxState], fake: FakeMultiMail
+) -> None:
+    httpx.post(f"{fake.base_url}/_fake/config", json={"scan_delay": 30}).raise_for_status()
+    audience = credentials.current_settings().digest.audience
+    sent = send_email.fn(audience, ["team@example.com"], "Status", "slow scan", "slow-1")
+    delivery = check_delivery.fn(audience, sent.id, scan_timeout_seconds=0.3)
+    assert (delivery.outcome, delivery.status) == ("pending", "pending_scan")
 
 
 def test_inbox_read_and_tag(mail_env: list[MailboxState], fake: FakeMultiMail) -> None:
@@ -109,9 +137,9 @@ def test_inbox_read_and_tag(mail_env: list[MailboxState], fake: FakeMultiMail) -
 
 
 def test_awaiting_approval_thread_count_and_cancel(
-    mail_env: list[MailboxState], fake: FakeMultiMail
+    gated_audience: str, mail_env: list[MailboxState], fake: FakeMultiMail
 ) -> None:
-    audience = credentials.current_settings().replies.audience
+    audience = gated_audience
     address = next(s.address for s in mail_env if s.audience == audience)
     inbound = fake.deliver_inbound(to=address, sender="ada@example.com", subject="Q", markdown="?")
     reply = reply_to_email.fn(audience, inbound, "An answer", "reply-key")
