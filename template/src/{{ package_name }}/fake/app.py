@@ -20,6 +20,7 @@ from . import models
 from .approval import router as approval_router
 from .control import router as control_router
 from .deps import StateDep
+from .operator_inbox import router as operator_router
 from .state import ApiError, ApiKey, FakeState, Json, NewAttachment
 
 ERROR_SCHEMA = {
@@ -410,7 +411,7 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
 def _allowed_methods(request: Request) -> list[str]:
     """Every method some route offers for this path (Starlette names only the first route's)."""
     methods: set[str] = set()
-    for router in (api, control_router, approval_router):
+    for router in (api, control_router, approval_router, operator_router):
         for route in router.routes:
             if isinstance(route, APIRoute) and route.matches(request.scope)[0] is not Match.NONE:
                 methods |= route.methods or set()
@@ -436,6 +437,7 @@ def create_app(state: FakeState | None = None) -> FastAPI:
     app.include_router(api)
     app.include_router(control_router)
     app.include_router(approval_router)
+    app.include_router(operator_router)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)

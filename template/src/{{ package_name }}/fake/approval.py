@@ -1,120 +1,171 @@
-"""A plain HTML approval page for humans: list pending emails, approve or reject them.
+"""The approval page: a person reads each pending email and approves or rejects it.
 
-It works without JavaScript (one form per decision, POST then 303 back to the list) and applies
-decisions through `FakeState.decide`, exactly like `POST /v1/oversight/decide`.
+One card per pending email, oldest first, with the message it answers above it. Each decision is
+its own form that posts and redirects back (post-redirect-get), so the page needs no JavaScript
+and a reload never decides twice; the redirect says what was decided. Decisions go through
+`FakeState.decide`, exactly like `POST /v1/oversight/decide` (which takes a reason for either
+action, so Approve has an optional note and Reject an optional reason).
 """
 
 from __future__ import annotations
 
-import html
 from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from .deps import StateDep
-from .state import ApiError, Json
+from .pages import escape, markdown, page, plural, when
+from .state import ApiError, FakeState, Json
+from .state.oversight import PendingView
 
 router = APIRouter(prefix="/_fake/approvals", include_in_schema=False)
 
 APPROVER = "operator (approval page)"
+MAX_REASON = 2000
 
-_RESULTS = {
-    "approved_and_sent": "approved and sent",
-    "approved": "approved",
-    "rejected": "rejected",
+_MODES = {
+    "read_only": "nothing may be sent",
+    "gated_all": "inbound and outbound mail wait for approval",
+    "gated_send": "outbound mail waits for approval",
+    "monitored": "sent, with a copy to the operator",
+    "autonomous": "sent without review",
 }
 
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem; max-width: 70rem; color: #111; }
-table { border-collapse: collapse; width: 100%; }
-th, td { border: 1px solid #999; padding: .5rem; text-align: left; vertical-align: top; }
-pre { white-space: pre-wrap; margin: 0; max-height: 20rem; overflow: auto; }
-.notice { padding: .5rem 1rem; border: 2px solid #06c; }
-.error { border-color: #c00; }
-button { padding: .3rem .8rem; margin: .2rem 0; }
-"""
+
+def _recipients(label: str, addresses: list[str]) -> str:
+    if not addresses:
+        return ""
+    return f"<div><dt>{label}</dt><dd>{escape(', '.join(addresses))}</dd></div>"
 
 
-def _e(value: object) -> str:
-    """HTML-escape, replacing characters that cannot be encoded (e.g. lone surrogates)."""
-    text = str(value).encode("utf-8", "replace").decode("utf-8")
-    return html.escape(text, quote=True)
+def _context(answered: Json | None) -> str:
+    """The message a reply answers, collapsed above the reply."""
+    if answered is None:
+        return ""
+    return f"""<details class="context">
+<summary>In reply to <strong>{escape(answered["subject"])}</strong> from {escape(answered["from"])},
+{when(answered["received_at"])}</summary>
+<div class="md">{markdown(answered["markdown"])}</div>
+</details>"""
 
 
-def _row(email: Json, mailbox: Json) -> str:
-    eid = _e(email["id"])
-    return f"""<tr>
-<td>{_e(mailbox["address"])}<br><small>mode: {_e(mailbox["oversight_mode"])}</small></td>
-<td>{_e(email["direction"])}</td>
-<td>{_e(email["from"])}</td>
-<td>{_e(", ".join(email["to"]))}</td>
-<td>{_e(email["subject"])}</td>
-<td><pre>{_e(email["markdown"])}</pre></td>
-<td>
-<form method="post" action="/_fake/approvals/{eid}/approve">
-<button type="submit">Approve</button>
+def _attachments(email: Json) -> str:
+    if not email["attachments"]:
+        return ""
+    names = ", ".join(
+        f"{escape(a['name'])} ({escape(a['content_type'])}, {escape(a['size'])} bytes)"
+        for a in email["attachments"]
+    )
+    return f'<p class="attachments">Attachments: {names}</p>'
+
+
+def _card(view: PendingView) -> str:
+    email, mailbox = view.email, view.mailbox
+    eid = escape(email["id"])
+    inbound = email["direction"] == "inbound"
+    mode = mailbox["oversight_mode"]
+    if inbound:
+        kind, effect, verb = "Inbound email, held", "delivered to the mailbox", "deliver"
+    else:
+        kind = "Reply" if email.get("in_reply_to") else "New email"
+        effect, verb = "sent", "send"
+    approve_label = f"Approve and {verb}"
+    approve_effect = f"It is {effect} at once."
+    if email.get("send_at") and not inbound:
+        approve_label = "Approve"
+        approve_effect = f"It is sent at the scheduled time, {when(email['send_at'])}."
+    return f"""<article class="card" aria-labelledby="subject-{eid}">
+<p class="kicker">{kind} · waiting since {when(email["received_at"])}</p>
+<h2 id="subject-{eid}">{escape(email["subject"])}</h2>
+<dl class="meta">
+<div><dt>Mailbox</dt><dd>{escape(mailbox["address"])}</dd></div>
+<div><dt>Mode</dt><dd><span class="mode">{escape(mode)}</span> {_MODES.get(mode, "")}</dd></div>
+<div><dt>From</dt><dd>{escape(email["from"])}</dd></div>
+{_recipients("To", email["to"])}
+{_recipients("Cc", email["cc"])}
+{_recipients("Bcc", view.bcc)}
+</dl>
+{_context(view.in_reply_to)}
+<div class="body md">
+{markdown(email["markdown"])}
+</div>
+{_attachments(email)}
+<div class="decide">
+<form class="approve" method="post" action="/_fake/approvals/{eid}/approve">
+<fieldset><legend>Approve</legend>
+<p>{approve_effect}</p>
+<label for="note-{eid}">Note for the audit log (optional)</label>
+<input id="note-{eid}" name="reason" type="text" maxlength="{MAX_REASON}">
+<button type="submit">{approve_label}</button>
+</fieldset>
 </form>
-<form method="post" action="/_fake/approvals/{eid}/reject">
-<label for="reason-{eid}">Reason</label>
-<input id="reason-{eid}" name="reason" type="text" maxlength="2000">
+<form class="reject" method="post" action="/_fake/approvals/{eid}/reject">
+<fieldset><legend>Reject</legend>
+<p>It is not {effect}.</p>
+<label for="reason-{eid}">Reason for rejecting (optional)</label>
+<input id="reason-{eid}" name="reason" type="text" maxlength="{MAX_REASON}">
 <button type="submit">Reject</button>
+</fieldset>
 </form>
-</td>
-</tr>"""
+</div>
+</article>"""
 
 
-def _notice(request: Request) -> str:
+def _notice(state: FakeState, request: Request) -> str:
+    """What the last decision did, from the redirect's query (post-redirect-get)."""
     email_id = request.query_params.get("email", "")
-    result = request.query_params.get("result", "")
-    if result in _RESULTS:
-        return f'<p class="notice" role="status">Email {_e(email_id)} {_RESULTS[result]}.</p>'
+    result = request.query_params.get("result")
     error = request.query_params.get("error")
-    if error in ("404", "409"):
-        why = "no longer exists" if error == "404" else "is no longer pending"
-        return f'<p class="notice error" role="alert">Email {_e(email_id)} {why}.</p>'
-    return ""
+    if not email_id or (result is None and error is None):
+        return ""
+    email = state.find_email(email_id)
+    if email is None:
+        return '<p class="notice error" role="alert">That email no longer exists.</p>'
+    subject = f"<strong>{escape(email['subject'])}</strong>"
+    if error is not None:
+        return (
+            f'<p class="notice error" role="alert">{subject} was already decided '
+            f"(its status is now {escape(email['status'])}); nothing changed.</p>"
+        )
+    if result == "approved_and_sent":
+        text = f"Approved and sent: {subject} to {escape(', '.join(email['to']))}."
+    elif result == "approved" and email["direction"] == "inbound":
+        text = f"Approved: {subject} is delivered to {escape(', '.join(email['to']))}."
+    elif result == "approved":
+        text = f"Approved: {subject} is sent at {when(email['send_at'])}."
+    else:
+        effect = "delivered" if email["direction"] == "inbound" else "sent"
+        text = f"Rejected: {subject} will not be {effect}."
+    return f'<p class="notice" role="status">{text}</p>'
 
 
 @router.get("", response_class=HTMLResponse)
 def approvals(state: StateDep, request: Request) -> HTMLResponse:
     pending = state.pending_emails()
     if pending:
-        rows = "\n".join(_row(email, mailbox) for email, mailbox in pending)
-        content = f"""<table>
-<caption>{len(pending)} email(s) waiting for a decision, oldest first</caption>
-<thead><tr><th scope="col">Mailbox</th><th scope="col">Direction</th><th scope="col">From</th>
-<th scope="col">To</th><th scope="col">Subject</th><th scope="col">Body</th>
-<th scope="col">Decision</th></tr></thead>
-<tbody>
-{rows}
-</tbody>
-</table>"""
+        verb = "waits" if len(pending) == 1 else "wait"
+        lead = f"{plural(len(pending), 'email', 'emails')} {verb} for a decision, oldest first."
+        cards = "\n".join(_card(view) for view in pending)
     else:
-        content = "<p>Nothing is waiting for approval.</p>"
-    page = f"""<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>Pending approvals - fake MultiMail</title>
-<style>{_STYLE}</style></head>
-<body>
-<main>
-<h1>Pending approvals</h1>
-{_notice(request)}
-{content}
-<p><a href="/_fake/approvals">Refresh</a></p>
-</main>
-</body>
-</html>"""
-    return HTMLResponse(page)
+        lead = "Nothing waits for a decision."
+        cards = (
+            '<p class="empty">The queue is empty. Emails held for approval appear here; '
+            '<a href="/_fake/approvals">reload</a> to check again.</p>'
+        )
+    content = f"""<h1>Pending approvals</h1>
+{_notice(state, request)}
+<p class="lead">{lead}</p>
+{cards}"""
+    counts = {"/_fake/approvals": len(pending), "/_fake/operator": len(state.operator_inbox())}
+    return HTMLResponse(page("Pending approvals", "/_fake/approvals", content, counts))
 
 
 async def _decide(
     state: StateDep, request: Request, email_id: str, action: str
 ) -> RedirectResponse:
-    reason = None
-    if action == "reject":
-        form = parse_qs((await request.body()).decode("utf-8", "replace"))
-        reason = (form.get("reason") or [""])[0].strip()[:2000] or None
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    reason = (form.get("reason") or [""])[0].strip()[:MAX_REASON] or None
     try:
         result = state.decide(None, email_id, action, reason, approver=APPROVER)
         query = {"result": result["status"], "email": email_id}

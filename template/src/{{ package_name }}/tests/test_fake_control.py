@@ -1,11 +1,13 @@
-"""The fake's `/_fake/` control surface, fault injection, server lifecycle and approval page."""
+"""The fake's `/_fake/` control surface, fault injection and server lifecycle.
+
+The approval page and the operator inbox page are tested in `test_fake_approval_page.py`.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
 
 import httpx
 import pytest
@@ -229,60 +231,6 @@ def test_the_fake_fixture_starts_clean(fake: FakeMultiMail) -> None:
     assert fake.state.list_mailboxes() == {"mailboxes": []}
     assert fake.operator_inbox() == []
     assert fake.state.list_faults() == {"faults": []}
-
-
-# ---------------------------------------------------------------- approval page
-
-
-def test_approval_page_lists_pending_and_escapes_content(
-    fake: FakeMultiMail, control: httpx.Client, agent: httpx.Client, mailbox: str
-) -> None:
-    assert "Nothing is waiting" in control.get("/_fake/approvals").text
-    send(agent, mailbox, subject="<script>alert(1)</script>")
-    page = control.get("/_fake/approvals")
-    assert page.status_code == 200
-    assert page.headers["content-type"].startswith("text/html")
-    assert "<script>alert(1)</script>" not in page.text
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
-    assert "agent@demo.multimail.dev" in page.text
-    assert "gated_send" in page.text
-    assert "alice@example.com" in page.text
-    assert 'name="reason"' in page.text
-
-
-def test_approval_page_approve_sends_like_the_api(
-    control: httpx.Client, agent: httpx.Client, mailbox: str
-) -> None:
-    email_id = send(agent, mailbox).json()["id"]
-    response = control.post(f"/_fake/approvals/{email_id}/approve")
-    assert response.status_code == 303
-    assert response.headers["location"].startswith("/_fake/approvals")
-    read = agent.get(f"/v1/mailboxes/{mailbox}/emails/{email_id}").json()
-    assert read["status"] == "sent"
-    assert read["approved_by"]
-    entry: dict[str, Any] = agent.get("/v1/audit-log").json()["entries"][0]
-    assert entry["action"] == "oversight.decide"
-    assert entry["metadata"]["approval_status"] == "approved_and_sent"
-    followed = control.get(response.headers["location"])
-    assert email_id in followed.text
-    assert "approved and sent" in followed.text
-    again = control.post(f"/_fake/approvals/{email_id}/approve")
-    assert again.status_code == 303
-    assert "error=409" in again.headers["location"]
-
-
-def test_approval_page_reject_records_the_reason(
-    control: httpx.Client, agent: httpx.Client, mailbox: str
-) -> None:
-    email_id = send(agent, mailbox).json()["id"]
-    response = control.post(
-        f"/_fake/approvals/{email_id}/reject", data={"reason": "Too pushy & long"}
-    )
-    assert response.status_code == 303
-    status = agent.get(f"/v1/mailboxes/{mailbox}/emails/{email_id}").json()["status"]
-    assert status == "rejected"
-    entry = agent.get("/v1/audit-log").json()["entries"][0]
-    assert entry["metadata"]["reason"] == "Too pushy & long"
 
 
 # ---------------------------------------------------------------- OpenAPI

@@ -6,9 +6,21 @@ API key with the `oversight` scope or by the operator on the approval page.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from .base import ApiError, Json, locked
 from .emails import PENDING_STATUSES, Emails
 from .keys import ApiKey
+
+
+class PendingView(NamedTuple):
+    """What the approval page shows for one pending email."""
+
+    email: Json
+    mailbox: Json
+    in_reply_to: Json | None
+    #: not part of the email as the API shows it, but a reviewer must see every recipient
+    bcc: list[str]
 
 
 class Oversight(Emails):
@@ -24,14 +36,30 @@ class Oversight(Emails):
         return {"emails": items, "pending": items}
 
     @locked
-    def pending_emails(self) -> list[tuple[Json, Json]]:
-        """Pending emails with their mailboxes, oldest first (for the approval page)."""
+    def pending_emails(self) -> list[PendingView]:
+        """Pending emails oldest first, each with its mailbox and the email it answers."""
         tenant = self.account["id"]
-        return [
-            (e.full(), self.mailboxes[e.mailbox_id].to_json(tenant))
-            for e in sorted(self.emails.values(), key=lambda e: e.id)
-            if e.status in PENDING_STATUSES and not self.mailboxes[e.mailbox_id].deleted
-        ]
+        views = []
+        for email in sorted(self.emails.values(), key=lambda e: e.id):
+            mailbox = self.mailboxes[email.mailbox_id]
+            if email.status not in PENDING_STATUSES or mailbox.deleted:
+                continue
+            answered = self.emails.get(email.in_reply_to) if email.in_reply_to else None
+            views.append(
+                PendingView(
+                    email=email.full(),
+                    mailbox=mailbox.to_json(tenant),
+                    in_reply_to=answered.full() if answered else None,
+                    bcc=list(email.bcc),
+                )
+            )
+        return views
+
+    @locked
+    def find_email(self, email_id: str) -> Json | None:
+        """The email with this id in any mailbox (for the approval page's notices)."""
+        email = self.emails.get(email_id)
+        return email.full() if email else None
 
     @locked
     def decide(
