@@ -199,3 +199,29 @@ def test_the_operator_inbox_is_a_page_linked_from_the_approval_page(
     first, second = cards(page.text)
     assert "Approval needed: Notice" in first
     assert "Upgrade code" in second
+
+
+def test_a_scheduled_email_with_an_attachment_says_when_it_goes_out(
+    control: httpx.Client, agent: httpx.Client, mailbox: str
+) -> None:
+    body = {
+        "to": ["alice@example.com"],
+        "bcc": ["audit@example.com"],
+        "subject": "Later",
+        "markdown": "See the file.",
+        "send_at": "2099-01-01T09:00:00Z",
+        "attachments": [
+            {"name": "terms.txt", "content_base64": "aGVsbG8=", "content_type": "text/plain"}
+        ],
+    }
+    email_id = agent.post(f"/v1/mailboxes/{mailbox}/send", json=body).json()["id"]
+    (card,) = cards(control.get("/_fake/approvals").text)
+    assert "terms.txt (text/plain, 5 bytes)" in card
+    assert "audit@example.com" in card  # every recipient, Bcc too
+    assert "sent at the scheduled time" in card
+    assert "01 Jan 2099, 09:00 UTC" in card
+    response = control.post(f"/_fake/approvals/{email_id}/approve")
+    page = control.get(response.headers["location"]).text
+    assert notice(page) == "Approved: Later is sent at 01 Jan 2099, 09:00 UTC."
+    status = agent.get(f"/v1/mailboxes/{mailbox}/emails/{email_id}").json()["status"]
+    assert status == "scheduled"
