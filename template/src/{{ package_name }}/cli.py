@@ -195,22 +195,32 @@ def fake_serve(
     allow_non_loopback: Annotated[
         bool, typer.Option(help="Really bind a non-loopback address (the fake has no security).")
     ] = False,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            help="Serve HTTPS with a certificate from a CA made at start; clients trust it "
+            "with SSL_CERT_FILE set to the CA file printed."
+        ),
+    ] = False,
 ) -> None:
     """Serve the fake MultiMail until interrupted; prints its base URL and operator page."""
     from .fake import FakeMultiMail
 
     try:
-        server = FakeMultiMail(host=host, port=port, allow_non_loopback=allow_non_loopback)
+        server = FakeMultiMail(host=host, port=port, allow_non_loopback=allow_non_loopback, tls=tls)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--host") from None
     with server:
         typer.echo(f"Fake MultiMail: {server.base_url}  (use it as MULTIMAIL_API_URL)")
+        if server.ca_file:
+            typer.echo(f"Trust its CA:   export SSL_CERT_FILE={server.ca_file}")
         typer.echo(f"Operator page:  {server.base_url}/_fake/approvals")
         typer.echo(f"OpenAPI:        {server.base_url}/v1/openapi.json")
         typer.echo("Get a key (state lives in memory until you stop the server):")
+        cacert = f" --cacert {server.ca_file}" if server.ca_file else ""
         typer.echo(
-            f"  curl -s -X POST {server.base_url}/_fake/keys -H 'Content-Type: application/json' "
-            """-d '{"scopes": ["read", "send", "admin"]}'"""
+            f"  curl -s{cacert} -X POST {server.base_url}/_fake/keys "
+            """-H 'Content-Type: application/json' -d '{"scopes": ["read", "send", "admin"]}'"""
         )
         typer.echo("Press Ctrl+C to stop.")
         try:

@@ -37,6 +37,7 @@ class BackgroundServer:
         *,
         allow_non_loopback: bool = False,
         name: str = "local-server",
+        ssl_certfile: str | None = None,
     ) -> None:
         if not allow_non_loopback and not is_loopback(host):
             raise ValueError(
@@ -47,6 +48,8 @@ class BackgroundServer:
         self.host = "127.0.0.1" if host.lower() == "localhost" else host
         self.port = port
         self.name = name
+        #: A PEM file holding the private key and the certificate chain: serve HTTPS.
+        self.ssl_certfile = ssl_certfile
         self.base_url = ""
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -68,6 +71,7 @@ class BackgroundServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=1,
+            ssl_certfile=self.ssl_certfile,
         )
         server = uvicorn.Server(config)
         self._server = server
@@ -83,7 +87,8 @@ class BackgroundServer:
                 raise RuntimeError(f"{self.name} did not start on {self.host}:{self.port}")
             time.sleep(0.005)
         netloc = f"[{self.host}]" if family == socket.AF_INET6 else self.host
-        self.base_url = f"http://{netloc}:{self.port}"
+        scheme = "https" if self.ssl_certfile else "http"
+        self.base_url = f"{scheme}://{netloc}:{self.port}"
         return self
 
     def stop(self) -> None:

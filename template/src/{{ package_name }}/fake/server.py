@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -28,6 +30,10 @@ class FakeMultiMail:
     Use it as a context manager (`with FakeMultiMail() as fake: ...`); `base_url` carries the
     real port once started. Only loopback addresses may be bound unless `allow_non_loopback`:
     the fake has no real security and must not be reachable from a network by accident.
+
+    With `tls=True` it serves HTTPS with a certificate issued at start by a throwaway CA
+    (`trustme`); `ca_file` is that CA's PEM. Clients on httpx trust it when `SSL_CERT_FILE`
+    names it (set before the client is built). Plain HTTP stays the default.
     """
 
     def __init__(
@@ -39,20 +45,48 @@ class FakeMultiMail:
         scan_delay: float = 0.0,
         webhook_backoff: float = 1.0,
         webhook_timeout: float = 5.0,
+        tls: bool = False,
     ) -> None:
         self.state = FakeState(
             scan_delay=scan_delay, webhook_backoff=webhook_backoff, webhook_timeout=webhook_timeout
         )
         self.app = create_app(self.state)
+        self._tls_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._server_pem = b""
+        #: The PEM of the CA that signed the server's certificate (TLS mode only).
+        self.ca_file: Path | None = None
         self._server = BackgroundServer(
-            self.app, host, port, allow_non_loopback=allow_non_loopback, name="fake-multimail"
+            self.app,
+            host,
+            port,
+            allow_non_loopback=allow_non_loopback,
+            name="fake-multimail",
+            ssl_certfile=self._issue_certificate(host) if tls else None,
         )
         self._stop_ticking = threading.Event()
         self._ticker: threading.Thread | None = None
 
+    def _issue_certificate(self, host: str) -> str:
+        """Make a CA and a server certificate for loopback (and `host`); where uvicorn reads it.
+
+        Only the CA's certificate stays on disk (`ca_file`); the server's key and certificate
+        are written just for the moment uvicorn loads them in `start`.
+        """
+        import trustme  # imported late: only TLS mode needs it (and its cryptography)
+
+        # Removed when the process exits (the CA file must outlive `stop` for a restart).
+        self._tls_dir = tempfile.TemporaryDirectory(prefix="fake-multimail-tls-")
+        folder = Path(self._tls_dir.name)
+        ca = trustme.CA(organization_name="Fake MultiMail (local testing only)")
+        names = dict.fromkeys(["127.0.0.1", "::1", "localhost", host])
+        self._server_pem = ca.issue_cert(*names).private_key_and_cert_chain_pem.bytes()
+        self.ca_file = folder / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        return str(folder / "server.pem")
+
     @property
     def base_url(self) -> str:
-        """`http://127.0.0.1:<port>` (no trailing slash, no /v1), once started."""
+        """`http(s)://127.0.0.1:<port>` (no trailing slash, no /v1), once started."""
         return self._server.base_url
 
     @property
@@ -63,7 +97,15 @@ class FakeMultiMail:
     def start(self) -> FakeMultiMail:
         """Bind, start serving in a daemon thread and wait until connections are accepted."""
         logging.getLogger("uvicorn.error").addFilter(_FILTER)
-        self._server.start()
+        key_file = Path(self._server.ssl_certfile) if self._server.ssl_certfile else None
+        if key_file is not None:
+            key_file.touch(mode=0o600)
+            key_file.write_bytes(self._server_pem)
+        try:
+            self._server.start()
+        finally:
+            if key_file is not None:
+                key_file.unlink()
         if self._ticker is None:
             self._stop_ticking.clear()
             self._ticker = threading.Thread(
