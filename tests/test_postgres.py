@@ -1,0 +1,254 @@
+"""End to end on a Prefect server backed by a real PostgreSQL, as a user deploys the project.
+
+The generated project's own commands do everything: `provision` the mailboxes on the fake
+MultiMail, `setup` the Secret blocks, `prefect deploy` the flows, `prefect worker start` from
+a directory outside the project, `receiver serve`. The test then acts as MultiMail and as an
+independent client: it delivers inbound mail (the fake signs and posts the webhooks, retrying
+failed deliveries), duplicates and forges deliveries, stops the receiver, and counts the flow
+runs and the replies. Workers and runners poll every second (PREFECT_WORKER_QUERY_SECONDS,
+PREFECT_RUNNER_POLL_FREQUENCY; Prefect's default is 10 s), and no key is in their environment:
+deployed runs read the Secret block.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from .conftest import project_command, run
+from .prefect_postgres import (
+    PrefectOnPostgres,
+    prefect_env,
+    prefect_on_postgres,
+    start_process,
+    stop_process,
+)
+
+__all__ = ["prefect_on_postgres"]  # the fixture, imported for pytest
+
+pytestmark = pytest.mark.slow
+
+DEPLOYMENT = "answer-inbound/answer-inbound"
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+SIGNATURE_HEADER = "X-MultiMail-Signature"
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0) -> Any:
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@dataclass
+class Stack:
+    """The deployed project and what runs around it; methods are what a user or MultiMail does."""
+
+    project: Path
+    server: PrefectOnPostgres
+    fake: str
+    key: str
+    pool: str
+    logs: Path
+    mailboxes: dict[str, dict[str, Any]]  # audience -> the fake's mailbox
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return prefect_env(
+            self.server, self.logs / "prefect-home", MULTIMAIL_API_URL=self.fake, **extra
+        )
+
+    def cli(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return run(project_command(self.project, *args), self.project, 180, self.env(**extra))
+
+    def mail(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.fake, headers={"Authorization": f"Bearer {self.key}"}, timeout=30
+        )
+
+    def prefect(self) -> httpx.Client:
+        return httpx.Client(base_url=self.server.api_url, timeout=30)
+
+    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+        """`<project>/.venv/bin/prefect worker start`, from a directory outside the project."""
+        elsewhere = self.logs / f"{name}-cwd"
+        elsewhere.mkdir(exist_ok=True)
+        prefect = str(self.project / ".venv" / "bin" / "prefect")
+        command = [prefect, "worker", "start", "--pool", self.pool, "--name", name]
+        worker = start_process(command, elsewhere, self.env(), self.logs / f"{name}.log")
+        self.processes.append(worker)
+        return worker
+
+    def deliver_inbound(self, audience: str, subject: str) -> str:
+        """Mail from outside to an audience's mailbox; the fake fires `message.received`."""
+        body = {
+            "to": self.mailboxes[audience]["address"],
+            "from": "alice@example.org",
+            "subject": subject,
+            "markdown": f"Hello, about {subject}.",
+        }
+        answer = httpx.post(f"{self.fake}/_fake/inbound", json=body, timeout=30)
+        answer.raise_for_status()
+        return str(answer.json()["email_id"])
+
+    def runs_for(self, email_id: str) -> list[dict[str, Any]]:
+        """Every answer-inbound flow run whose parameters name `email_id`."""
+        with self.prefect() as api:
+            deployment = api.get(f"/deployments/name/{DEPLOYMENT}").json()
+            runs = api.post(
+                "/flow_runs/filter",
+                json={"deployments": {"id": {"any_": [deployment["id"]]}}, "limit": 200},
+            ).json()
+        return [r for r in runs if r["parameters"].get("email_id") == email_id]
+
+    def finished_run(self, email_id: str, timeout: float = 120.0) -> dict[str, Any]:
+        """The one run for `email_id`, once it reached a final state."""
+
+        def done() -> dict[str, Any] | None:
+            runs = self.runs_for(email_id)
+            final = [r for r in runs if r["state_type"] in TERMINAL]
+            return final[0] if final and len(final) == len(runs) else None
+
+        finished: dict[str, Any] = wait_for(f"the run answering {email_id}", done, timeout)
+        return finished
+
+    def replies_to(self, email_id: str) -> dict[str, list[str]]:
+        """Outbound replies to `email_id`, by the audience whose mailbox holds them."""
+        found: dict[str, list[str]] = {}
+        with self.mail() as mail:
+            for audience, mailbox in self.mailboxes.items():
+                emails = mail.get(
+                    f"/v1/mailboxes/{mailbox['id']}/emails",
+                    params={"direction": "outbound", "limit": 100},
+                ).json()["emails"]
+                for summary in emails:
+                    full = mail.get(f"/v1/mailboxes/{mailbox['id']}/emails/{summary['id']}")
+                    if full.json().get("in_reply_to") == email_id:
+                        found.setdefault(audience, []).append(summary["id"])
+        return found
+
+
+@pytest.fixture(scope="module")
+def stack(
+    installed_project: Path,
+    prefect_on_postgres: PrefectOnPostgres,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    """Fake MultiMail, mailboxes, Secret blocks, deployments and one worker, as a user sets up."""
+    logs = tmp_path_factory.mktemp("postgres-e2e")
+    answers = yaml.safe_load((installed_project / ".copier-answers.yml").read_text())
+    fake_log = logs / "fake.log"
+    fake = start_process(
+        project_command(installed_project, "fake", "serve", "--port", "0"),
+        installed_project,
+        prefect_env(prefect_on_postgres, logs / "prefect-home"),
+        fake_log,
+    )
+    url = wait_for(
+        "the fake to print its URL",
+        lambda: re.search(r"http://127\.0\.0\.1:\d+", fake_log.read_text()),
+        60,
+    )[0]
+    key = httpx.post(
+        f"{url}/_fake/keys", json={"scopes": ["read", "send", "admin"], "name": "flows"}
+    ).json()["api_key"]
+    stack = Stack(
+        installed_project,
+        prefect_on_postgres,
+        url,
+        key,
+        answers["work_pool_name"],
+        logs,
+        mailboxes={},
+        processes=[fake],
+    )
+    try:
+        # Mailboxes in the modes of settings.toml; loosening one needs the operator's code.
+        stack.cli("provision", "--request-upgrade", MULTIMAIL_API_KEY=key)
+        inbox = httpx.get(f"{url}/_fake/operator/inbox").json()["messages"]
+        with stack.mail() as mail:
+            by_id = {m["id"]: m for m in mail.get("/v1/mailboxes").json()["mailboxes"]}
+        codes = [
+            f"--code={audience}={message['code']}"
+            for message in inbox
+            if message.get("kind") == "upgrade_code"
+            for audience, settings in answers_audiences(installed_project).items()
+            if by_id[message["mailbox_id"]]["address"].split("@")[0] == settings["mailbox"]
+        ]
+        if codes:
+            stack.cli("provision", *codes, MULTIMAIL_API_KEY=key)
+        with stack.mail() as mail:
+            mailboxes = mail.get("/v1/mailboxes").json()["mailboxes"]
+        stack.mailboxes = {
+            audience: next(m for m in mailboxes if m["address"].split("@")[0] == a["mailbox"])
+            for audience, a in answers_audiences(installed_project).items()
+        }
+        stack.cli("setup", "--no-webhook-secret", MULTIMAIL_API_KEY=key)
+        prefect = str(installed_project / ".venv" / "bin" / "prefect")
+        run(
+            [prefect, "work-pool", "create", stack.pool, "--type", "process", "--overwrite"],
+            installed_project,
+            120,
+            stack.env(),
+        )
+        run([prefect, "--no-prompt", "deploy", "--all"], installed_project, 300, stack.env())
+        stack.start_worker("worker-1")
+        yield stack
+    finally:
+        for process in reversed(stack.processes):
+            stop_process(process)
+
+
+def answers_audiences(project: Path) -> dict[str, dict[str, str]]:
+    """settings.toml's audiences (name -> mailbox, mode), read the way the project reads them."""
+    package = yaml.safe_load((project / ".copier-answers.yml").read_text())["package_name"]
+    settings = tomllib.loads((project / "src" / package / "settings.toml").read_text())
+    audiences: dict[str, dict[str, str]] = settings["audiences"]
+    return audiences
+
+
+def autonomous_audience(stack: Stack) -> str:
+    """An audience whose replies go out without a human: a run ends without waiting."""
+    audiences = answers_audiences(stack.project)
+    return next(
+        n for n, a in audiences.items() if a["oversight_mode"] in ("autonomous", "monitored")
+    )
+
+
+def test_a_worker_started_elsewhere_runs_answer_inbound_with_the_key_from_the_block(
+    stack: Stack,
+) -> None:
+    audience = autonomous_audience(stack)
+    email_id = stack.deliver_inbound(audience, "worker elsewhere")
+    with stack.prefect() as api:
+        deployment = api.get(f"/deployments/name/{DEPLOYMENT}").json()
+        created = api.post(
+            f"/deployments/{deployment['id']}/create_flow_run",
+            json={
+                "parameters": {"email_id": email_id, "audience": audience},
+                "idempotency_key": f"answer-inbound:{email_id}",
+            },
+        )
+        created.raise_for_status()
+    finished = stack.finished_run(email_id)
+    assert finished["state_type"] == "COMPLETED", (stack.logs / "worker-1.log").read_text()[-4000:]
+    replies = stack.replies_to(email_id)
+    assert list(replies) == [audience]  # through the mailbox of the audience written to
+    assert len(replies[audience]) == 1
+    worker_log = (stack.logs / "worker-1.log").read_text()
+    assert "ModuleNotFoundError" not in worker_log
+    assert stack.key not in worker_log
