@@ -50,3 +50,25 @@ ensure_chromium() {
             "the browser test skips" >&2
     fi
 }
+
+ensure_postgresql() {
+    # The end-to-end tests run a Prefect server on a real PostgreSQL: Debian's package, whose
+    # binaries the suite runs itself (a throwaway cluster on a free loopback port, removed at the
+    # end). Skipped tests say so if it is missing.
+    if command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+        return
+    fi
+    local sudo=""
+    if [ "$(id -u)" != 0 ] && sudo -n true 2>/dev/null; then
+        sudo="sudo -n"
+    fi
+    if { [ "$(id -u)" = 0 ] || [ -n "$sudo" ]; } && command -v apt-get >/dev/null 2>&1; then
+        echo "Installing Debian's postgresql for the PostgreSQL-backed Prefect tests..." >&2
+        ($sudo apt-get update -qq \
+            && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) \
+            >/dev/null 2>&1 || echo "postgresql could not be installed; those tests skip" >&2
+    else
+        echo "postgresql is not installed (run as root, or apt-get install postgresql);" \
+            "the PostgreSQL-backed tests skip" >&2
+    fi
+}
