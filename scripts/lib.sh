@@ -4,6 +4,8 @@
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 ensure_uv() {
+    # Use the machine's Python; never download an interpreter.
+    export UV_PYTHON_DOWNLOADS=never
     if uv --version >/dev/null 2>&1; then
         return
     fi
@@ -25,8 +27,6 @@ ensure_uv() {
 
 ensure_tooling() {
     ensure_uv
-    # Use the machine's Python; never download an interpreter.
-    export UV_PYTHON_DOWNLOADS=never
     (cd "$repo_root" && uv sync --frozen --quiet)
 }
 

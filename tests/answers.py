@@ -56,3 +56,83 @@ ANSWER_SETS: dict[str, Answers] = {
     "one-audience": ONE_AUDIENCE,
     "three-audiences-docker": THREE_AUDIENCES_DOCKER,
 }
+
+# The matrix every generated test suite must pass (tests/test_generated.py): answer sets that
+# share nothing with the defaults' audiences.
+AUTONOMOUS_ONLY: Answers = {
+    "project_name": "Ops Alerts",
+    "audiences": [
+        {
+            "name": "ops",
+            "mailbox": "ops",
+            "oversight_mode": "autonomous",
+            "purpose": "Alerts to on-call; nobody approves them.",
+        }
+    ],
+}
+
+READ_ONLY_AND_GATED_ALL: Answers = {
+    "project_name": "Records Desk",
+    "audiences": [
+        {
+            "name": "archive",
+            "mailbox": "archive",
+            "oversight_mode": "read_only",
+            "purpose": "Reads what arrives; never sends.",
+        },
+        {
+            "name": "desk",
+            "mailbox": "desk",
+            "oversight_mode": "gated_all",
+            "purpose": "Everything in and out waits for a human 🙋.",
+        },
+    ],
+}
+
+FIVE_UNUSUAL_AUDIENCES: Answers = {
+    "project_name": "Zoë's Five",
+    "project_slug": "five-audiences",
+    "package_name": "five",
+    "audiences": [
+        {"name": "a", "mailbox": "a", "oversight_mode": "monitored", "purpose": "One | letter."},
+        {
+            "name": "x9",
+            "mailbox": "first.last",
+            "oversight_mode": "gated_send",
+            "purpose": "Dotted mailbox.",
+        },
+        {
+            "name": "customers_eu_2",
+            "mailbox": "x-9_z",
+            "oversight_mode": "gated_all",
+            "purpose": "Underscores and dashes.",
+        },
+        {"name": "q_", "mailbox": "q0", "oversight_mode": "read_only", "purpose": "Trailing _."},
+        {
+            "name": "internal_status_and_alerts_for_the_team",
+            "mailbox": "s",
+            "oversight_mode": "autonomous",
+            "purpose": "A long name, 40 characters at most.",
+        },
+    ],
+}
+
+MATRIX: dict[str, Answers] = {
+    "one-autonomous-audience": AUTONOMOUS_ONLY,
+    "read-only-and-gated-all": READ_ONLY_AND_GATED_ALL,
+    "five-unusual-audiences": FIVE_UNUSUAL_AUDIENCES,
+}
+
+#: What an owner puts in `.env` after following the generated README, and exports in their
+#: shell: neither may leak into the project's own tests (they talk to the bundled fake only).
+OWNER_DOTENV = (
+    "MULTIMAIL_API_KEY=mm_live_owner-personal-key-not-for-tests\n"
+    "MULTIMAIL_API_URL=https://api.multimail.dev\n"
+    "MULTIMAIL_RETRIES=0\n"
+)
+OWNER_SHELL = {
+    "MULTIMAIL_API_URL": "https://api.multimail.dev",
+    "MULTIMAIL_APPROVAL_TIMEOUT_SECONDS": "1",
+    "MULTIMAIL_AUDIENCES__OPS__OVERSIGHT_MODE": "read_only",
+    "MULTIMAIL_AUDIENCES__DESK__OVERSIGHT_MODE": "autonomous",
+}

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import REPO, run, uv
+from .answers import MATRIX, OWNER_DOTENV, OWNER_SHELL
+from .conftest import REPO, render_template, run, uv
 
 pytestmark = pytest.mark.slow
 
@@ -26,41 +27,53 @@ def project(installed_project: Path) -> Path:
     return installed_project
 
 
-def test_its_own_test_suite_passes(project: Path) -> None:
-    result = run([uv(), "run", "--frozen", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project)
-    summary = result.stdout.strip().splitlines()[-1]
-    assert re.search(r"\d+ passed", summary), summary
-    assert "failed" not in summary, summary
-
-
 def test_it_type_checks_strictly(project: Path) -> None:
     result = run([uv(), "run", "--frozen", "mypy"], cwd=project)
     assert "Success" in result.stdout
 
 
-def test_its_demo_runs_every_step(project: Path, tmp_path: Path) -> None:
-    slug = yaml.safe_load((project / ".copier-answers.yml").read_text())["project_slug"]
-    # A Prefect home of its own: never the developer's ~/.prefect database or profile.
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
-    result = run([uv(), "run", "--frozen", slug, "demo"], cwd=project, env=env)
-    out = result.stdout
-    for step in (
-        "1. Provision",
-        "2. Status digest",
-        "3. A customer writes",
-        "4. Another",
-        "5. Audit trail",
-    ):
-        assert step in out
-    assert "FAILED" not in out
-    assert "is rejected (expected rejected" in out
-    assert "Demo passed" in out
+def _readme_walkthrough() -> list[str]:
+    """The console lines of this repo's README section "Use the template", in order."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Use the template", 1)[1]
+    block = re.search(r"```console\n(.*?)```", section, re.DOTALL)
+    assert block is not None, "no console block under 'Use the template'"
+    return [line for line in block[1].splitlines() if line.strip()]
 
 
-def test_the_closing_message_steps_work_on_a_plain_copy(tmp_path: Path) -> None:
-    """No --trust: Copier runs nothing; the steps it prints make the repository and the hook."""
+def _owner_env(tmp_path: Path) -> dict[str, str]:
+    """A shell like a new user's: a home of its own (uv's cache kept), git identity, no
+    virtualenv or Prefect settings of ours, offline pre-commit."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    uv_cache = subprocess.run(
+        [uv(), "cache", "dir"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return {
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if k != "VIRTUAL_ENV" and not k.startswith("PREFECT_")
+        },
+        "HOME": str(home),
+        "UV_CACHE_DIR": uv_cache,
+        "UV_PYTHON_DOWNLOADS": "never",
+        "PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home"),
+        "GIT_AUTHOR_NAME": "Owner",
+        "GIT_AUTHOR_EMAIL": "owner@localhost",
+        "GIT_COMMITTER_NAME": "Owner",
+        "GIT_COMMITTER_EMAIL": "owner@localhost",
+    }
+
+
+def test_the_readme_walkthrough_works_as_written_without_trust(tmp_path: Path) -> None:
+    """Plain `copier copy` (no --trust), then every step the README and Copier's closing
+    message give: git, install, the pre-commit hook, a first commit through every hook, the
+    project's own tests and its demo."""
     uv()
-    root = tmp_path / "plain"
+    lines = _readme_walkthrough()
+    assert lines[0] == "uvx copier copy <this repo> my-mail-flows", lines[0]
+    env = _owner_env(tmp_path)
     copy = run(
         [
             sys.executable,
@@ -70,33 +83,54 @@ def test_the_closing_message_steps_work_on_a_plain_copy(tmp_path: Path) -> None:
             "--defaults",
             "--vcs-ref=HEAD",
             str(REPO),
-            str(root),
+            "my-mail-flows",
         ],
         cwd=tmp_path,
+        env=env,
     )
-    assert not (root / ".git").exists()  # no task ran
-    message = copy.stderr
-    steps = [
-        line.split("#")[0].strip()
-        for line in message.splitlines()
-        if line.strip().startswith(("git ", "uv sync"))
-    ]
-    assert steps[0].startswith("git init && uv sync && uv run pre-commit install"), steps
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"},
-        "UV_PYTHON_DOWNLOADS": "never",
-        "PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home"),
-        "GIT_AUTHOR_NAME": "Owner",
-        "GIT_AUTHOR_EMAIL": "owner@localhost",
-        "GIT_COMMITTER_NAME": "Owner",
-        "GIT_COMMITTER_EMAIL": "owner@localhost",
-    }
-    for step in steps:  # the commit runs every pre-commit hook on the fresh project
-        run(["bash", "-c", step], cwd=root, env=env, timeout=900)
-    status = subprocess.run(
-        ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True
-    )
+    root = tmp_path / "my-mail-flows"
+    assert not (root / ".git").exists()  # Copier ran no command
+    assert lines[1] == "cd my-mail-flows"
+    for line in lines[2:]:
+        assert line in copy.stderr, f"Copier's closing message lacks {line!r}"
+    outputs = [run(["bash", "-c", line], cwd=root, env=env, timeout=900) for line in lines[2:]]
+    pytest_summary = outputs[-2].stdout.strip().splitlines()[-1]
+    assert re.search(r"\d+ passed", pytest_summary), pytest_summary
+    assert "failed" not in pytest_summary, pytest_summary
+    demo = outputs[-1].stdout
+    for step in ("1. Provision", "2. Status digest", "3. A customer", "4. Another", "5. Audit"):
+        assert step in demo
+    assert "is rejected (expected rejected" in demo
+    assert "Demo passed" in demo
+    assert "Prefect state for this demo:" in demo
+    assert not (tmp_path / "home" / ".prefect").exists()  # nor did the tests or the hooks
+    status = run(["git", "status", "--porcelain"], cwd=root)
     assert status.stdout == ""  # everything rendered is committed, uv.lock included
     assert "uv.lock" in run(["git", "ls-files"], cwd=root).stdout.split()
-    hook = root / ".git" / "hooks" / "pre-commit"
-    assert "pre-commit" in hook.read_text()
+    assert "pre-commit" in (root / ".git" / "hooks" / "pre-commit").read_text()
+
+
+@pytest.mark.parametrize("answers", MATRIX.values(), ids=MATRIX.keys())
+def test_every_answer_set_passes_its_own_tests_and_demo_despite_the_owners_dotenv(
+    tmp_path: Path, answers: dict[str, object]
+) -> None:
+    """No test depends on the default audiences: approval tests bring their own gated one, and
+    an owner's `.env` and environment (a real key, another API URL, another mode) change
+    nothing."""
+    root = render_template(tmp_path / "project", answers)
+    (root / ".env").write_text(OWNER_DOTENV)
+    env = _owner_env(tmp_path)
+    run([uv(), "sync", "--quiet"], cwd=root, env=env)
+    result = run(
+        [uv(), "run", "--frozen", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=root,
+        env={**env, **OWNER_SHELL},
+        timeout=900,
+    )
+    summary = result.stdout.strip().splitlines()[-1]
+    assert re.search(r"\d+ passed", summary), summary
+    assert "failed" not in summary, summary
+    slug = yaml.safe_load((root / ".copier-answers.yml").read_text())["project_slug"]
+    demo = run([uv(), "run", "--frozen", slug, "demo"], cwd=root, env=env).stdout
+    assert "Demo passed" in demo, demo[-3000:]
+    assert "FAILED" not in demo

@@ -2,17 +2,21 @@
 
 1. provision one mailbox per audience (upgrades approved with the operator's emailed code);
 2. the status digest goes out through the digest audience's mailbox;
-3. a customer writes in; the reply waits for a human, the operator approves, it is sent;
-4. a second customer writes in; the operator rejects the reply; the flow reports `rejected`;
-5. the audit trail shows every step.
+3. a customer writes in and is answered through the replies audience: where its mode is gated,
+   the reply waits for a human, the operator approves, it is sent; otherwise it goes at once;
+4. a second customer writes in; where a human decides, the operator rejects the reply and the
+   flow reports `rejected`; otherwise the reply is sent like the first;
+5. the audit trail shows every step, with who approved by their key's name.
 
-Each step prints what happened and whether it is what should happen; the demo fails (exit 1)
-if any step did not.
+The story follows settings.toml: each step says what its audience's mode makes happen. Each
+step prints what happened and whether it is what should happen; the demo fails (exit 1) if any
+step did not.
 """
 
 from __future__ import annotations
 
 import os
+import textwrap
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -179,7 +183,11 @@ def _replies(report: Report, fake: FakeMultiMail, settings: Settings) -> None:
         for m in credentials.shared_client().list_mailboxes()
         if m.address.startswith(address)
     )
-    report.step(f"3. A customer writes to {to}; the reply goes through '{audience}' ({mode})")
+    gated = mode in HUMAN_GATED
+    report.step(
+        f"3. A customer writes to {to}; the reply goes through '{audience}' ({mode}): "
+        + ("a human approves it first" if gated else "sent without waiting for a human")
+    )
     first = fake.deliver_inbound(
         to=to,
         sender="ada@example.com",
@@ -187,12 +195,16 @@ def _replies(report: Report, fake: FakeMultiMail, settings: Settings) -> None:
         markdown="Hi, my order #1042 has not arrived yet. Can you check?",
     )
     answered = answer_inbound(first)
+    approver = _key_names().get(answered.approved_by or "", answered.approved_by)
     report.check(
         answered.outcome == "sent",
         f"reply {answered.reply_id} is {answered.outcome}"
-        + (f", approved by {answered.approved_by}" if answered.approved_by else ""),
+        + (f", approved by {approver}" if approver else ""),
     )
-    report.step("4. Another customer writes; the operator rejects the reply")
+    if gated:
+        report.step("4. Another customer writes; the operator rejects the reply")
+    else:
+        report.step(f"4. Another customer writes; in {mode} no human decides: the reply is sent")
     second = fake.deliver_inbound(
         to=to,
         sender="bob@example.com",
@@ -200,19 +212,40 @@ def _replies(report: Report, fake: FakeMultiMail, settings: Settings) -> None:
         markdown="Close my account and delete everything, thanks.",
     )
     rejected = answer_inbound(second)
-    expected = "rejected" if mode in HUMAN_GATED else "sent"
+    expected = "rejected" if gated else "sent"
     report.check(
         rejected.outcome == expected,
         f"reply {rejected.reply_id} is {rejected.outcome} (expected {expected} in {mode})",
     )
 
 
+def _key_names() -> dict[str, str]:
+    """API key names by id: the demo's app key has the admin scope that lists them."""
+    return credentials.shared_client().api_key_names()
+
+
 def _audit(report: Report, settings: Settings) -> None:
     report.step("5. Audit trail, oldest first")
     entries = credentials.shared_client().audit_log(limit=50).entries
+    names = _key_names()
     for entry in reversed(entries):
-        details = ", ".join(f"{k}={v}" for k, v in entry.metadata.items() if v not in (None, ""))
-        report.echo(f"  {entry.created_at}  {entry.action:<26} {details[:110]}")
+        details = ", ".join(
+            f"{k}={names.get(str(v), v) if k.endswith('_by') else v}"
+            for k, v in entry.metadata.items()
+            if v not in (None, "")
+        )
+        by = names.get(entry.actor_key_id or "", entry.actor_key_id or "")
+        line = f"{entry.created_at}  {entry.action:<24} by {by or '-'}: {details or '-'}"
+        report.echo(
+            textwrap.fill(
+                line,
+                width=100,
+                initial_indent="  ",
+                subsequent_indent=" " * 6,
+                break_long_words=False,  # wrap between words; ids stay whole
+                break_on_hyphens=False,
+            )
+        )
     actions = {entry.action for entry in entries}
     wanted = {"mailbox.create", "email.send", "email.reply", "email.tag"}
     if settings.audience(settings.replies.audience).oversight_mode in HUMAN_GATED:
