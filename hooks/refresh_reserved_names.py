@@ -1,8 +1,9 @@
 """Recompute hooks/reserved-names.yml from a generated project's lock and environment.
 
-    uv run python hooks/refresh_reserved_names.py PATH/TO/GENERATED/PROJECT
+    uv run python hooks/refresh_reserved_names.py PROJECT [PROJECT ...]
 
-The project must have been synced (`uv sync`: it has `uv.lock` and `.venv`). A package or
+Each project must have been synced (`uv sync`: it has `uv.lock` and `.venv`); give a process
+render and a kubernetes one, whose lock also holds the docker and kubernetes extras. A package or
 distribution that takes one of these names shadows what the project depends on: uv refuses to
 install a project that depends on itself, and `import rich` would find the project's package
 instead of the library. tests/test_reserved_names.py checks the file against a fresh render.
@@ -87,9 +88,13 @@ def render(names: dict[str, set[str]]) -> str:
 
 
 def main() -> None:
-    if len(sys.argv) != 2:
+    if len(sys.argv) < 2:
         sys.exit(__doc__)
-    DATA_FILE.write_text(render(reserved(Path(sys.argv[1]))))
+    names: dict[str, set[str]] = {"distributions": set(), "import_names": set()}
+    for project in sys.argv[1:]:
+        for kind, found in reserved(Path(project)).items():
+            names[kind] |= found
+    DATA_FILE.write_text(render(names))
     print(f"wrote {DATA_FILE}")
 
 
