@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -116,28 +116,13 @@ def setup(
 
 @app.command()
 def serve() -> None:
-    """Serve the flows as local deployments (no work pool): runs, suspends and resumes them."""
+    """Serve the deployments of prefect.yaml locally (no work pool), with their schedules and
+    concurrency limits, as `<flow>/local`: runs, suspends and resumes them."""
     from prefect import serve as serve_deployments
-    from prefect.deployments.runner import RunnerDeployment
-    from prefect.types.entrypoint import EntrypointType
 
-    from .flows import answer_inbound, expire_approval_waits, status_digest
+    from .local_deployments import served_deployments
 
-    def local(flow: Any, **schedule: Any) -> RunnerDeployment:
-        # Module paths, not file paths: the flows use relative imports inside the package.
-        return RunnerDeployment.from_flow(
-            flow,
-            name="local",
-            entrypoint_type=EntrypointType.MODULE_PATH,
-            tags=["multimail"],
-            **schedule,
-        )
-
-    serve_deployments(
-        local(status_digest),
-        local(answer_inbound),
-        local(expire_approval_waits, interval=900),
-    )
+    serve_deployments(*served_deployments())
 
 
 @app.command()
