@@ -158,15 +158,28 @@ def resume(
 def receiver_serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8026,
+    deployment: Annotated[
+        str,
+        typer.Option(
+            help="Deployment that answers inbound mail, as FLOW/DEPLOYMENT "
+            "(answer-inbound/local under `serve`)."
+        ),
+    ] = "answer-inbound/answer-inbound",
 ) -> None:
-    """Receive MultiMail webhooks and resume the flow runs that wait for a decision."""
+    """Receive MultiMail webhooks: start one answer-inbound run per inbound email, and resume
+    the flow runs that wait for a decision."""
     import uvicorn
 
     from .credentials import current_settings, resolve_webhook_secret, shared_client
+    from .inbound import InboundStarter, MailboxDirectory
     from .receiver import create_receiver
 
+    settings, client = current_settings(), shared_client()
+    starter = InboundStarter(
+        MailboxDirectory(settings, client.list_mailboxes), deployment=deployment
+    )
     app_ = create_receiver(
-        resolve_webhook_secret(current_settings()), read_tags=shared_client().get_tags
+        resolve_webhook_secret(settings), read_tags=client.get_tags, handlers=starter.handlers()
     )
     uvicorn.run(app_, host=host, port=port, access_log=False)
 
