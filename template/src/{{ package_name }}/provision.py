@@ -18,8 +18,9 @@ from .client import MultiMailClient
 from .models import WebhookSubscription
 from .settings import OversightMode, Settings
 
-#: What the receiver acts on: the decisions that resume a suspended flow run.
-RECEIVER_EVENTS = ["oversight.approved", "oversight.rejected"]
+#: What the receiver acts on: the decisions that resume a suspended flow run, and inbound mail
+#: (one answer-inbound run per message, `inbound.py`).
+RECEIVER_EVENTS = ["oversight.approved", "oversight.rejected", "message.received"]
 
 Action = Literal[
     "unchanged", "created", "tightened", "upgrade_needed", "upgrade_requested", "upgraded"
