@@ -121,8 +121,14 @@ def test_every_answer_set_passes_its_own_tests_and_demo_despite_the_owners_doten
     (root / ".env").write_text(OWNER_DOTENV)
     env = _owner_env(tmp_path)
     run([uv(), "sync", "--quiet"], cwd=root, env=env)
+    # The fake's own contract tests do not depend on the answers (they make their own
+    # mailboxes); the README walkthrough runs them once, for the default answers.
+    package = (
+        root / "src" / yaml.safe_load((root / ".copier-answers.yml").read_text())["package_name"]
+    )
+    fake_only = [f"--ignore={path}" for path in sorted((package / "tests").glob("test_fake_*.py"))]
     result = run(
-        [uv(), "run", "--frozen", "pytest", "-q", "-p", "no:cacheprovider"],
+        [uv(), "run", "--frozen", "pytest", "-q", "-p", "no:cacheprovider", *fake_only],
         cwd=root,
         env={**env, **OWNER_SHELL},
         timeout=900,
