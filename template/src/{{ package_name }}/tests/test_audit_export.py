@@ -14,13 +14,19 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+from prefect.events.filters import (
+    EventFilter,
+    EventNameFilter,
+    EventOccurredFilter,
+    EventResourceFilter,
+)
 from prefect.events.schemas.events import ReceivedEvent
 from prefect.variables import Variable
 from pydantic import SecretStr
 
 from ..audit_export import CURSOR_VARIABLE, export_audit_log
 from ..client import MultiMailClient
+from ..events import reply_decided, reply_queued
 from ..fake import FakeMultiMail
 from ..models import AuditEntry
 from ..provision import MailboxState
@@ -153,3 +159,29 @@ def test_a_crash_mid_export_then_reruns_miss_nothing_and_double_nothing(
         entries
     )
     _assert_once_each(entries)
+
+
+async def _events_about(resource_id: str) -> list[ReceivedEvent]:
+    async with get_client() as client:
+        now = datetime.now(UTC)
+        wanted = EventFilter(
+            event=EventNameFilter(prefix=["multimail.reply."]),
+            resource=EventResourceFilter(id=[resource_id]),
+            occurred=EventOccurredFilter(since=now - timedelta(hours=1), until=now),
+        )
+        return list((await client.read_events(filter=wanted, limit=50)).events)
+
+
+def test_reply_events_are_stored_once_however_often_a_flow_emits_them() -> None:
+    reply, inbound = f"01JREPLY{uuid.uuid4().hex[:18].upper()}", "01JINBOUND0000000000000000"
+    for _ in range(2):  # a retried or resumed flow emits the same events again
+        reply_queued("customers", inbound, reply, "pending_send_approval")
+        reply_decided("customers", reply, "sent")
+    deadline = time.monotonic() + 30
+    while len(stored := asyncio.run(_events_about(f"multimail.email.{reply}"))) < 2:
+        assert time.monotonic() < deadline, stored
+        time.sleep(0.2)
+    assert sorted(e.event for e in stored) == ["multimail.reply.decided", "multimail.reply.queued"]
+    queued = next(e for e in stored if e.event == "multimail.reply.queued")
+    assert queued.payload == {"status": "pending_send_approval"}
+    assert [r.id for r in queued.related] == [f"multimail.email.{inbound}"]
