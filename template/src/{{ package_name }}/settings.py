@@ -204,7 +204,5 @@ def load_settings(*, read_env_file: bool = True) -> Settings:
             path = [str(part) for part in item["loc"]]
             variable = "MULTIMAIL_" + "__".join(part.upper() for part in path)
             where = ".".join(path) or "settings"
-            problems.append(f"{where} (MULTIMAIL setting {variable}): {item['msg']}")
-        raise SettingsError(
-            f"invalid settings in {SETTINGS_FILE.name} or the environment: " + "; ".join(problems)
-        ) from None
+            problems.append(f"{where} (set in {SETTINGS_FILE.name} or {variable}): {item['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from .. import credentials
 from ..credentials import MissingSecretError, resolve_api_key
-from ..settings import SETTINGS_FILE, OversightMode, Settings, SettingsFile
+from ..settings import SETTINGS_FILE, OversightMode, Settings, SettingsError, SettingsFile
 
 
 def test_rendered_settings_load_and_name_every_audience() -> None:
@@ -81,3 +85,33 @@ def test_missing_key_names_both_fixes() -> None:
         resolve_api_key(settings)
     assert "MULTIMAIL_API_KEY" in str(caught.value)
     assert settings.api_key_block in str(caught.value)
+
+
+def test_a_bad_variable_breaks_no_import_and_is_named_when_the_settings_are_used(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    package = __name__.rsplit(".", 2)[0]
+    imported = subprocess.run(
+        [sys.executable, "-c", f"import {package}.flows, {package}.approvals, {package}.tasks"],
+        cwd=tmp_path,
+        env={**os.environ, "MULTIMAIL_RETRIES": "many"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert imported.returncode == 0, imported.stderr  # settings are read when a task runs
+    monkeypatch.setenv("MULTIMAIL_RETRIES", "many")
+    credentials.reset()
+    try:
+        with pytest.raises(SettingsError, match="MULTIMAIL_RETRIES"):
+            credentials.current_settings()
+    finally:
+        credentials.reset()
+
+
+def test_the_owners_dot_env_never_reaches_the_tests(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("MULTIMAIL_API_URL=https://owner.example\n")
+    monkeypatch.chdir(tmp_path)
+    assert Settings().api_url != "https://owner.example"
