@@ -12,6 +12,9 @@ deployed runs read the Secret block.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import re
 import subprocess
 import time
@@ -28,6 +31,7 @@ import yaml
 from .conftest import project_command, run
 from .prefect_postgres import (
     PrefectOnPostgres,
+    free_port,
     prefect_env,
     prefect_on_postgres,
     start_process,
@@ -41,6 +45,9 @@ pytestmark = pytest.mark.slow
 DEPLOYMENT = "answer-inbound/answer-inbound"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 SIGNATURE_HEADER = "X-MultiMail-Signature"
+DECISIONS = ["oversight.approved", "oversight.rejected"]
+#: Inbound messages delivered at once while two process workers poll the pool.
+BURST = 6
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0) -> Any:
@@ -65,6 +72,7 @@ class Stack:
     pool: str
     logs: Path
     mailboxes: dict[str, dict[str, Any]]  # audience -> the fake's mailbox
+    operator: str = ""  # the human approver's key (oversight scope only)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -148,7 +156,7 @@ def stack(
     prefect_on_postgres: PrefectOnPostgres,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    """Fake MultiMail, mailboxes, Secret blocks, deployments and one worker, as a user sets up."""
+    """Fake MultiMail, mailboxes, deployments and one worker, as a user sets them up."""
     logs = tmp_path_factory.mktemp("postgres-e2e")
     answers = yaml.safe_load((installed_project / ".copier-answers.yml").read_text())
     fake_log = logs / "fake.log"
@@ -166,6 +174,9 @@ def stack(
     key = httpx.post(
         f"{url}/_fake/keys", json={"scopes": ["read", "send", "admin"], "name": "flows"}
     ).json()["api_key"]
+    operator = httpx.post(
+        f"{url}/_fake/keys", json={"scopes": ["oversight"], "name": "operator"}
+    ).json()["api_key"]
     stack = Stack(
         installed_project,
         prefect_on_postgres,
@@ -174,6 +185,7 @@ def stack(
         answers["work_pool_name"],
         logs,
         mailboxes={},
+        operator=operator,
         processes=[fake],
     )
     try:
@@ -197,7 +209,6 @@ def stack(
             audience: next(m for m in mailboxes if m["address"].split("@")[0] == a["mailbox"])
             for audience, a in answers_audiences(installed_project).items()
         }
-        stack.cli("setup", "--no-webhook-secret", MULTIMAIL_API_KEY=key)
         prefect = str(installed_project / ".venv" / "bin" / "prefect")
         run(
             [prefect, "work-pool", "create", stack.pool, "--type", "process", "--overwrite"],
@@ -221,34 +232,156 @@ def answers_audiences(project: Path) -> dict[str, dict[str, str]]:
     return audiences
 
 
-def autonomous_audience(stack: Stack) -> str:
-    """An audience whose replies go out without a human: a run ends without waiting."""
+def audience_in_mode(stack: Stack, *modes: str) -> str:
+    """An audience whose oversight mode is one of `modes`."""
     audiences = answers_audiences(stack.project)
-    return next(
-        n for n, a in audiences.items() if a["oversight_mode"] in ("autonomous", "monitored")
+    return next(n for n, a in audiences.items() if a["oversight_mode"] in modes)
+
+
+def logs_of(stack: Stack, *names: str) -> str:
+    """The tail of each named log, to explain a failure."""
+    return "\n".join(
+        f"--- {name}\n" + (stack.logs / f"{name}.log").read_text()[-3000:]
+        for name in names
+        if (stack.logs / f"{name}.log").exists()
     )
 
 
-def test_a_worker_started_elsewhere_runs_answer_inbound_with_the_key_from_the_block(
-    stack: Stack,
-) -> None:
-    audience = autonomous_audience(stack)
-    email_id = stack.deliver_inbound(audience, "worker elsewhere")
-    with stack.prefect() as api:
-        deployment = api.get(f"/deployments/name/{DEPLOYMENT}").json()
-        created = api.post(
-            f"/deployments/{deployment['id']}/create_flow_run",
-            json={
-                "parameters": {"email_id": email_id, "audience": audience},
-                "idempotency_key": f"answer-inbound:{email_id}",
-            },
-        )
-        created.raise_for_status()
+def check_answered_once(stack: Stack, email_id: str, audience: str) -> None:
+    """Exactly one run for the email, completed, and one reply from the audience's mailbox."""
     finished = stack.finished_run(email_id)
-    assert finished["state_type"] == "COMPLETED", (stack.logs / "worker-1.log").read_text()[-4000:]
+    runs = stack.runs_for(email_id)
+    assert len(runs) == 1, runs
+    assert finished["state_type"] == "COMPLETED", logs_of(stack, "worker-1", "worker-2", "receiver")
+    assert finished["idempotency_key"] == f"answer-inbound:{email_id}"
     replies = stack.replies_to(email_id)
     assert list(replies) == [audience]  # through the mailbox of the audience written to
     assert len(replies[audience]) == 1
+
+
+def start_receiver(stack: Stack, port: int) -> subprocess.Popen[bytes]:
+    """`<project> receiver serve`: the key and the signing secret from their Secret blocks."""
+    command = project_command(stack.project, "receiver", "serve", "--port", str(port))
+    receiver = start_process(command, stack.project, stack.env(), stack.logs / "receiver.log")
+    stack.processes.append(receiver)
+
+    def healthy() -> bool:
+        if receiver.poll() is not None:
+            pytest.fail("the receiver exited:\n" + logs_of(stack, "receiver"))
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for("the receiver to answer /healthz", healthy, 60)
+    return receiver
+
+
+def signed_delivery(secret: str, data: dict[str, Any], delivery_id: str) -> tuple[bytes, str]:
+    body = json.dumps(
+        {
+            "event": "message.received",
+            "id": delivery_id,
+            "timestamp": "2026-01-01T00:00:00Z",
+            "data": data,
+        },
+        separators=(",", ":"),
+    ).encode()
+    return body, "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def test_inbound_mail_is_answered_once_per_message_on_postgres(stack: Stack) -> None:
+    autonomous = audience_in_mode(stack, "autonomous", "monitored")
+    gated = audience_in_mode(stack, "gated_send", "gated_all")
+
+    # 1. The receiver, subscribed as a user does; `setup` stores the key and signing secret.
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/multimail/webhook"
+    with stack.mail() as mail:
+        subscription = mail.post(
+            "/v1/webhooks",
+            json={"url": url, "events": ["message.received", *DECISIONS]},
+        )
+        subscription.raise_for_status()
+    secret = subscription.json()["signing_secret"]
+    stack.cli("setup", MULTIMAIL_API_KEY=stack.key, MULTIMAIL_WEBHOOK_SECRET=secret)
+    receiver = start_receiver(stack, port)
+
+    # 2. Inbound mail -> signed webhook -> receiver -> run on the worker -> reply, per audience.
+    email_id = stack.deliver_inbound(autonomous, "first delivery")
+    check_answered_once(stack, email_id, autonomous)
+    # ... on a worker started outside the project, with the key from the Secret block.
     worker_log = (stack.logs / "worker-1.log").read_text()
     assert "ModuleNotFoundError" not in worker_log
     assert stack.key not in worker_log
+    gated_id = stack.deliver_inbound(gated, "needs a human")
+    reply_id = wait_for(
+        "the gated reply to wait for approval",
+        lambda: next(iter(stack.replies_to(gated_id).get(gated, [])), None),
+    )
+    with httpx.Client(
+        base_url=stack.fake, headers={"Authorization": f"Bearer {stack.operator}"}
+    ) as op:
+        wait_for(
+            "the gated reply to be pending",
+            lambda: any(
+                e["id"] == reply_id for e in op.get("/v1/oversight/pending").json()["emails"]
+            ),
+        )
+        op.post(
+            "/v1/oversight/decide", json={"email_id": reply_id, "action": "approve"}
+        ).raise_for_status()
+    check_answered_once(stack, gated_id, gated)  # the decision webhook resumed the same run
+
+    # 3. Duplicates: the same delivery again, and another delivery id for the same email.
+    data = {
+        "email_id": email_id,
+        "mailbox_id": stack.mailboxes[autonomous]["id"],
+        "direction": "inbound",
+        "from": "alice@example.org",
+    }
+    for delivery_id in ("dup-1", "dup-1", "dup-2"):
+        body, signature = signed_delivery(secret, data, delivery_id)
+        answer = httpx.post(
+            url,
+            content=body,
+            headers={SIGNATURE_HEADER: signature, "Content-Type": "application/json"},
+        )
+        assert answer.status_code < 300, answer.text
+    time.sleep(3)  # room for a wrong second run to appear
+    assert len(stack.runs_for(email_id)) == 1
+
+    # 4. Forged signatures start nothing: for a new email id, and for an answered one.
+    for forged in ({**data, "email_id": "em_forged"}, data):
+        # Signed with a secret that is not the subscription's.
+        body, signature = signed_delivery(secret[::-1], forged, f"forged-{forged['email_id']}")
+        answer = httpx.post(url, content=body, headers={SIGNATURE_HEADER: signature})
+        assert answer.status_code == 401
+    assert stack.runs_for("em_forged") == []
+    assert len(stack.runs_for(email_id)) == 1
+
+    # 5. The receiver is down when mail arrives; MultiMail retries once it is back.
+    stop_process(receiver)
+    stack.processes.remove(receiver)
+    httpx.post(f"{stack.fake}/_fake/config", json={"webhook_backoff": 3.0}).raise_for_status()
+    late_id = stack.deliver_inbound(autonomous, "while the receiver is down")
+    with stack.mail() as mail:
+        wait_for(
+            "a failed first delivery attempt",
+            lambda: any(
+                d["attempts"] >= 1 and d["status"] == "pending"
+                for d in mail.get("/v1/webhook-deliveries", params={"limit": 20}).json()[
+                    "deliveries"
+                ]
+            ),
+            30,
+        )
+    assert stack.runs_for(late_id) == []
+    start_receiver(stack, port)
+    check_answered_once(stack, late_id, autonomous)
+
+    # 6. Two workers on the pool, a burst of inbound mail: each message answered once.
+    stack.start_worker("worker-2")
+    burst = [stack.deliver_inbound(autonomous, f"burst {n}") for n in range(BURST)]
+    for burst_id in burst:
+        check_answered_once(stack, burst_id, autonomous)
