@@ -32,6 +32,7 @@ SENTINELS = {
     "MULTIMAIL_API_KEY": "mm_live_" + "de9107" * 6,
     "MULTIMAIL_WEBHOOK_SECRET": "whsec_" + "deploysentinel" * 3,
 }
+#: Deployments every render has (others may be added to prefect.yaml; they are checked too).
 FLOWS = ("status-digest", "answer-inbound", "expire-approval-waits")
 
 
@@ -71,29 +72,44 @@ def read_back(server: PrefectOnPostgres, pool: str) -> dict[str, dict[str, Any]]
 
 
 def check_common(
-    deployed: dict[str, dict[str, Any]], answers: dict[str, Any], project: Path, suffix: str = ""
+    deployed: dict[str, dict[str, Any]], project: Path, prefect_file: str, suffix: str = ""
 ) -> None:
-    assert set(deployed) == {f"{flow}/{flow}{suffix}" for flow in FLOWS}
-    package = answers["package_name"]
-    digest = deployed[f"status-digest/status-digest{suffix}"]
-    assert digest["entrypoint"] == f"{package}.flows.status_digest"
-    assert [s["schedule"]["cron"] for s in digest["schedules"]] == [answers["digest_schedule"]]
-    assert [s["schedule"]["timezone"] for s in digest["schedules"]] == ["UTC"]
-    expire = deployed[f"expire-approval-waits/expire-approval-waits{suffix}"]
-    assert [s["schedule"]["interval"] for s in expire["schedules"]] == [900.0]
-    answer = deployed[f"answer-inbound/answer-inbound{suffix}"]
-    assert answer["schedules"] == []
-    assert answer["global_concurrency_limit"]["limit"] == 4
-    for deployment in deployed.values():
+    """Every deployment of `prefect_file` is on the server as written there, and nothing else."""
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    config = yaml.safe_load((project / prefect_file).read_text())
+    by_name = {name.split("/")[1]: d for name, d in deployed.items()}
+    assert {f"{flow}{suffix}" for flow in FLOWS} <= set(by_name)
+    assert set(by_name) == {d["name"] for d in config["deployments"]}
+    for written in config["deployments"]:
+        deployment = by_name[written["name"]]
+        assert deployment["entrypoint"] == written["entrypoint"]
+        assert deployment["tags"] == written.get("tags", [])
+        schedules = [s["schedule"] for s in deployment["schedules"]]
+        assert [s.get("cron") or s.get("interval") for s in schedules] == [
+            s.get("cron") or s.get("interval") for s in written.get("schedules") or []
+        ]
+        assert [s["timezone"] for s in schedules] == [
+            s.get("timezone", "UTC") for s in written.get("schedules") or []
+        ]
+        limit = deployment["global_concurrency_limit"]
+        assert (limit and limit["limit"]) == written.get("concurrency_limit")
         assert deployment["work_pool_name"] == answers["work_pool_name"]
         assert deployment["job_variables"]["env"] == {
             "MULTIMAIL_API_KEY_BLOCK": answers["api_key_block"]
         }
-        assert deployment["parameters"] == {}
+        assert deployment["parameters"] == written.get("parameters", {})
         stored = json.dumps(deployment)
         for value in SENTINELS.values():
             assert value not in stored
         assert str(project) not in stored  # nothing of the deploying machine's paths
+    # What the answers chose, as the server stores it.
+    package = answers["package_name"]
+    digest = by_name[f"status-digest{suffix}"]
+    assert digest["entrypoint"] == f"{package}.flows.status_digest"
+    assert [s["schedule"]["cron"] for s in digest["schedules"]] == [answers["digest_schedule"]]
+    expire = by_name[f"expire-approval-waits{suffix}"]
+    assert [s["schedule"]["interval"] for s in expire["schedules"]] == [900.0]
+    assert by_name[f"answer-inbound{suffix}"]["global_concurrency_limit"]["limit"] == 4
 
 
 def test_process_deployments_record_no_path_and_read_back(
@@ -103,7 +119,7 @@ def test_process_deployments_record_no_path_and_read_back(
     pool = answers["work_pool_name"]
     deploy(installed_project, installed_project / ".venv", prefect_on_postgres, pool, "process")
     deployed = read_back(prefect_on_postgres, pool)
-    check_common(deployed, answers, installed_project)
+    check_common(deployed, installed_project, "prefect.yaml")
     for deployment in deployed.values():
         assert deployment["pull_steps"] == [
             {f"{answers['package_name']}.deploy_steps.enter_project_directory": {}}
@@ -174,7 +190,7 @@ def test_image_deployments_build_push_and_read_back(
         "prefect.no-build.yaml",
     )
     deployed = read_back(prefect_on_postgres, answers["work_pool_name"])
-    check_common(deployed, answers, project, suffix=f"-{pool_type}")
+    check_common(deployed, project, "prefect.no-build.yaml", suffix=f"-{pool_type}")
     for deployment in deployed.values():
         assert deployment["pull_steps"] == config["pull"]
         assert deployment["job_variables"]["image"] == f"{image}:test"
