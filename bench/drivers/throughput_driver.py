@@ -1,0 +1,462 @@
+"""Runs inside a generated project's environment (see bench/throughput.py): msg/s per pattern.
+
+One `fake serve` process per transport (plain HTTP, then TLS); the Prefect patterns run on a
+throwaway local SQLite server (`prefect_test_harness`). The fake is reset between patterns, so
+each starts from an empty mailbox. Each pattern's sends are checked: every message exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import importlib
+import os
+import pstats
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+LOCKED = "database is locked"
+
+
+class OutputWatch:
+    """Pass this process's stdout and stderr through, counting lines that report a DB lock.
+
+    Installed before the Prefect server starts, so the server (a subprocess inheriting these
+    descriptors) is watched too.
+    """
+
+    def __init__(self) -> None:
+        self.locks = 0
+        for fd in (1, 2):
+            read, write = os.pipe()
+            real = os.dup(fd)
+            os.dup2(write, fd)
+            os.close(write)
+            threading.Thread(target=self._pump, args=(read, real), daemon=True).start()
+        sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+
+    def _pump(self, read: int, real: int) -> None:
+        with os.fdopen(read, "rb") as lines:
+            for line in lines:
+                if LOCKED.encode() in line:
+                    self.locks += 1
+                os.write(real, line)
+
+
+class ThreadProfiles:
+    """cProfile in the calling thread and in every thread started while it is on.
+
+    A pattern's time is spread over threads (task runner workers, send_many's pool), which a
+    plain cProfile of the main thread would not see. Own time of C calls shows blocking too:
+    `recv_into` of a socket is waiting for the server, `acquire` of a lock waiting for a thread.
+    """
+
+    def __init__(self) -> None:
+        self.profiles = [cProfile.Profile()]
+
+    def _in_new_thread(self, frame: Any, event: str, arg: Any) -> None:
+        sys.setprofile(None)
+        profile = cProfile.Profile()
+        self.profiles.append(profile)
+        profile.enable()
+
+    def __enter__(self) -> ThreadProfiles:
+        threading.setprofile(self._in_new_thread)
+        self.profiles[0].enable()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.profiles[0].disable()
+        threading.setprofile(None)
+
+    def summary(self, top: int = 15) -> list[str]:
+        stats = pstats.Stats(self.profiles[0])
+        for profile in self.profiles[1:]:
+            stats.add(profile)
+        table: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+        own = sorted(((row[2], where) for where, row in table.items()), reverse=True)
+        total = sum(seconds for seconds, _ in own) or 1.0
+        lines = []
+        for seconds, (path, line, name) in own[:top]:
+            found = re.search(r"site-packages/(.+)", path)
+            place = found[1] if found else Path(path).name if path != "~" else ""
+            lines.append(f"{seconds:7.2f} s {seconds / total:6.1%}  {name}  {place}:{line}")
+        return lines
+
+
+@dataclass
+class Fake:
+    """One `fake serve` process and a fresh account on it (see `fresh`)."""
+
+    url: str
+    process: subprocess.Popen[str]
+    ca_file: str | None
+    key: str = field(default="", repr=False)
+
+    def post(self, path: str, **body: Any) -> Any:
+        response = httpx.post(f"{self.url}{path}", json=body, verify=self.ca_file or True)
+        response.raise_for_status()
+        return response.json()
+
+    def operator_inbox(self) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.url}/_fake/operator/inbox", verify=self.ca_file or True)
+        response.raise_for_status()
+        messages: list[dict[str, Any]] = response.json()["messages"]
+        return messages
+
+
+@contextmanager
+def fake_process(package: str, tls: bool) -> Iterator[Fake]:
+    """`<project> fake serve` in a process of its own, as a user starts it."""
+    command = [sys.executable, "-m", f"{package}.cli", "fake", "serve", "--port", "0"]
+    process = subprocess.Popen(
+        [*command, *(["--tls"] if tls else [])],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    head = process.stdout.readline() + (process.stdout.readline() if tls else "")
+    url = re.search(r"https?://127\.0\.0\.1:\d+", head)
+    ca = re.search(r"SSL_CERT_FILE=(\S+)", head)
+    if url is None or (tls and ca is None):
+        process.kill()
+        raise SystemExit(f"`fake serve` did not start: {head}")
+    try:
+        yield Fake(url[0], process, ca[1] if ca else None)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@dataclass(frozen=True)
+class Message:
+    audience: str
+    to: list[str]
+    subject: str
+    markdown: str
+    idempotency_key: str
+
+
+class Bench:
+    """The patterns, each sending a list of messages to the current fake account."""
+
+    def __init__(self, package: str, fake: Fake, args: argparse.Namespace) -> None:
+        self.pkg = {
+            name: importlib.import_module(f"{package}.{name}")
+            for name in ("credentials", "demo", "client", "tasks", "bulk")
+        }
+        self.fake, self.args = fake, args
+        self.audience = ""
+        self.mailbox = ""
+        self.flows = self._flows()
+
+    def fresh(self) -> None:
+        """Reset the fake and provision every audience again: the next pattern starts empty."""
+        credentials = self.pkg["credentials"]
+        self.fake.post("/_fake/reset")
+        self.fake.key = self.fake.post("/_fake/keys", scopes=["read", "send", "admin"])["api_key"]
+        os.environ.update(MULTIMAIL_API_URL=self.fake.url, MULTIMAIL_API_KEY=self.fake.key)
+        credentials.reset()
+        settings = credentials.current_settings()
+        client = credentials.shared_client()
+        states = self.pkg["demo"].provision_on_fake(self.fake, client, settings)
+        # The fastest audience to send from: one whose mail is not held for approval.
+        order = ["autonomous", "monitored", "gated_send", "gated_all"]
+        ready = [s for s in states if s.ready and s.mode in order]
+        best = min(ready, key=lambda s: order.index(s.mode))
+        self.audience, self.mailbox = best.audience, best.mailbox_id
+
+    def messages(self, tag: str) -> list[Message]:
+        key = self.pkg["tasks"].message_key
+        return [
+            Message(
+                self.audience,
+                ["customer@example.com"],
+                f"{tag} #{i}",
+                f"Hello, this is message {i}.",
+                key("throughput", tag, str(i)),
+            )
+            for i in range(self.args.messages)
+        ]
+
+    def check(self, sent: list[Message]) -> str:
+        """'' when the account holds each message exactly once, else what is wrong."""
+        client = self.pkg["credentials"].shared_client()
+        emails = client.iter_emails(self.mailbox, direction="outbound")
+        subjects = Counter(e.subject for e in emails)
+        wanted = {m.subject for m in sent}
+        lost = len(wanted - set(subjects))
+        duplicates = sum(n - 1 for n in subjects.values())
+        extra = len(set(subjects) - wanted)
+        return (
+            f"{lost} lost, {duplicates} duplicates, {extra} unexpected"
+            if (lost or duplicates or extra)
+            else ""
+        )
+
+    # ------------------------------------------------------------------------ the patterns
+
+    def pooled(self, messages: list[Message]) -> float:
+        from pydantic import SecretStr
+
+        client_module = self.pkg["client"]
+
+        started = time.perf_counter()
+        with client_module.MultiMailClient(self.fake.url, SecretStr(self.fake.key)) as client:
+            for m in messages:
+                client.send(
+                    self.mailbox,
+                    to=m.to,
+                    subject=m.subject,
+                    markdown=m.markdown,
+                    idempotency_key=m.idempotency_key,
+                )
+        return time.perf_counter() - started
+
+    def per_call(self, messages: list[Message]) -> float:
+        """The seed's pattern, `requests.post` per send: a new connection (and TLS handshake)."""
+        requests = importlib.import_module("requests")  # comes with Prefect; no stubs needed
+        url = f"{self.fake.url}/v1/mailboxes/{self.mailbox}/send"
+        headers = {"Authorization": f"Bearer {self.fake.key}"}
+        started = time.perf_counter()
+        for m in messages:
+            body = {
+                "to": m.to,
+                "subject": m.subject,
+                "markdown": m.markdown,
+                "idempotency_key": m.idempotency_key,
+            }
+            verify = self.fake.ca_file or True
+            response = requests.post(url, json=body, headers=headers, verify=verify)
+            response.raise_for_status()
+        return time.perf_counter() - started
+
+    def task_sequential(self, messages: list[Message]) -> float:
+        return float(self.flows["sequential"](messages))
+
+    def map_single(self, messages: list[Message]) -> float:
+        return self._with_workers("map_single", self.args.map_workers, messages)
+
+    def fanout(self, messages: list[Message]) -> float:
+        return self._with_workers("fanout", self.args.fanout_workers, messages)
+
+    def _with_workers(self, name: str, workers: int, *args: Any) -> float:
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        runner: Any = ThreadPoolTaskRunner(max_workers=workers)
+        return float(self.flows[name].with_options(task_runner=runner)(*args))
+
+    def bulk(self, messages: list[Message]) -> float:
+        return float(self.flows["bulk"](messages, self.args.concurrency))
+
+    def _flows(self) -> dict[str, Any]:
+        from prefect import flow, unmapped
+
+        tasks, bulk = self.pkg["tasks"], self.pkg["bulk"]
+
+        @flow
+        def sequential(messages: list[Message]) -> float:
+            started = time.perf_counter()
+            for m in messages:
+                tasks.send_email(m.audience, m.to, m.subject, m.markdown, m.idempotency_key)
+            return time.perf_counter() - started
+
+        def outgoing(messages: list[Message]) -> list[Any]:
+            return [bulk.OutgoingEmail(**vars(m)) for m in messages]
+
+        def all_sent(outcomes: list[Any]) -> None:
+            failed = [o.error for o in outcomes if not o.sent]
+            if failed:
+                raise RuntimeError(f"send_many did not send {len(failed)}: {failed[:3]}")
+
+        @flow
+        def map_single(messages: list[Message]) -> float:
+            started = time.perf_counter()
+            futures = tasks.send_email.map(
+                unmapped(messages[0].audience),
+                [m.to for m in messages],
+                [m.subject for m in messages],
+                [m.markdown for m in messages],
+                [m.idempotency_key for m in messages],
+            )
+            futures.result()
+            return time.perf_counter() - started
+
+        @flow
+        def fanout(messages: list[Message]) -> float:
+            """The recommended fan-out: chunks of messages, one send_many task run each."""
+            started = time.perf_counter()
+            size = self.args.chunk
+            chunks = [outgoing(messages[i : i + size]) for i in range(0, len(messages), size)]
+            concurrency = max(1, self.args.concurrency // self.args.fanout_workers)
+            futures = bulk.send_many.map(chunks, max_concurrency=unmapped(concurrency))
+            all_sent([outcome for outcomes in futures.result() for outcome in outcomes])
+            return time.perf_counter() - started
+
+        @flow
+        def bulk_send(messages: list[Message], concurrency: int) -> float:
+            started = time.perf_counter()
+            all_sent(bulk.send_many(outgoing(messages), max_concurrency=concurrency))
+            return time.perf_counter() - started
+
+        return {
+            "sequential": sequential,
+            "map_single": map_single,
+            "fanout": fanout,
+            "bulk": bulk_send,
+        }
+
+
+PATTERNS = {
+    "pooled": "pooled httpx client, sequential (the limit)",
+    "per_call": "requests.post per call (the seed's pattern)",
+    "task_sequential": "send_email task, sequential in a flow",
+    "map_single": "send_email.map, {map_workers} task runs at a time",
+    "fanout": "send_many.map over chunks of {chunk}, {fanout_workers} at a time",
+    "bulk": "send_many task, max_concurrency={concurrency}",
+}
+
+
+@dataclass
+class Figures:
+    rates: dict[str, list[float]] = field(default_factory=dict)
+    locks: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+    def rate(self, pattern: str) -> float:
+        return statistics.median(self.rates[pattern]) if self.rates.get(pattern) else 0.0
+
+
+def measure(bench: Bench, watch: OutputWatch, patterns: list[str], label: str) -> Figures:
+    figures = Figures()
+    for round_ in range(bench.args.rounds):
+        for pattern in patterns:
+            bench.fresh()
+            messages = bench.messages(f"{label} {pattern} r{round_}")
+            locks = watch.locks
+            seconds = getattr(bench, pattern)(messages)
+            time.sleep(0.2)  # let the server's log catch up before counting its lines
+            figures.locks[pattern] += watch.locks - locks
+            problem = bench.check(messages)
+            if problem:
+                figures.errors.append(f"{label} {pattern} round {round_}: {problem}")
+            figures.rates.setdefault(pattern, []).append(len(messages) / seconds)
+    return figures
+
+
+def report(bench: Bench, figures: Figures, label: str) -> list[tuple[str, str]]:
+    """Print the table; return the goals missed, as (pattern, what)."""
+    args = bench.args
+    pooled = figures.rate("pooled") or 1.0
+    print(f"\n{label}: {args.messages} messages per run, median of {args.rounds} round(s)")
+    for pattern, rates in figures.rates.items():
+        name = PATTERNS[pattern].format(**vars(args))
+        spread = f"{min(rates):.0f}-{max(rates):.0f}"
+        locks = f", {figures.locks[pattern]} DB lock line(s)" if pattern in PREFECT_PATTERNS else ""
+        print(
+            f"  {name:<52} {figures.rate(pattern):7.0f} msg/s ({spread}) "
+            f"{figures.rate(pattern) / pooled:5.2f}x pooled{locks}"
+        )
+    missed = []
+    rate = figures.rate
+    if "bulk" in figures.rates and rate("bulk") < 0.9 * pooled:
+        missed.append(("bulk", f"{label}: bulk below 0.9x the pooled loop"))
+    tls_pair = label == "tls" and {"bulk", "per_call"} <= set(figures.rates)
+    if tls_pair and rate("bulk") < 3 * rate("per_call"):
+        missed.append(("bulk", f"{label}: bulk below 3x the per-call pattern"))
+    if "fanout" in figures.rates:
+        if rate("fanout") < 0.5 * pooled:
+            missed.append(("fanout", f"{label}: fan-out below 0.5x the pooled loop"))
+        if "task_sequential" in figures.rates and rate("fanout") < rate("task_sequential"):
+            missed.append(("fanout", f"{label}: fan-out slower than the sequential task"))
+    for pattern in PREFECT_PATTERNS:
+        if figures.locks[pattern]:
+            missed.append((pattern, f"{label}: {pattern} logged '{LOCKED}'"))
+    return missed
+
+
+PREFECT_PATTERNS = ("task_sequential", "map_single", "fanout", "bulk")
+
+
+def profile(bench: Bench, pattern: str, label: str) -> None:
+    """Run `pattern` once more under cProfile (every thread) and print where its time went."""
+    bench.fresh()
+    with ThreadProfiles() as profiles:
+        seconds: float = getattr(bench, pattern)(bench.messages(f"{label} {pattern} profiled"))
+    print(
+        f"\nprofile of {label} {pattern} ({seconds:.2f} s under the profiler; own time summed "
+        "over threads, top functions; lock acquire = a thread waiting for another):"
+    )
+    for line in profiles.summary():
+        print(f"  {line}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--package", required=True)
+    parser.add_argument("--messages", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=8, help="send_many's max_concurrency")
+    parser.add_argument("--map-workers", type=int, default=4, help="send_email.map's pool")
+    parser.add_argument("--chunk", type=int, default=50, help="messages per send_many (fan-out)")
+    parser.add_argument("--fanout-workers", type=int, default=2, help="send_many runs at a time")
+    parser.add_argument("--transports", default="plain,tls")
+    parser.add_argument("--patterns", default=",".join(PATTERNS))
+    parser.add_argument("--no-profile", action="store_true", help="skip profiles of misses")
+    args = parser.parse_args()
+    patterns = [p for p in args.patterns.split(",") if p]
+    unknown = set(patterns) - set(PATTERNS)
+    if unknown:
+        raise SystemExit(f"unknown patterns {sorted(unknown)}; choose from {list(PATTERNS)}")
+
+    os.environ.update(
+        PREFECT_LOGGING_LEVEL="WARNING",
+        PREFECT_SERVER_LOGGING_LEVEL="WARNING",  # the server's 'database is locked' errors
+        PREFECT_HOME=tempfile.mkdtemp(prefix="throughput-prefect-home-"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
+    watch = OutputWatch()
+    from prefect.testing.utilities import prefect_test_harness
+
+    missed: list[str] = []
+    errors: list[str] = []
+    with prefect_test_harness(server_startup_timeout=120):
+        for label in [t for t in args.transports.split(",") if t]:
+            with fake_process(args.package, tls=label == "tls") as fake:
+                if fake.ca_file:
+                    os.environ["SSL_CERT_FILE"] = fake.ca_file
+                bench = Bench(args.package, fake, args)
+                figures = measure(bench, watch, patterns, label)
+                errors += figures.errors
+                misses = report(bench, figures, label)
+                missed += [what for _, what in misses]
+                if not args.no_profile:
+                    for pattern in dict.fromkeys(pattern for pattern, _ in misses):
+                        profile(bench, pattern, label)
+                os.environ.pop("SSL_CERT_FILE", None)
+    print()
+    for line in missed:
+        print(f"goal missed: {line}")
+    for line in errors:
+        print(f"WRONG: {line}")
+    print(f"exactly once: {'yes' if not errors else 'NO'} (every message once, in every run)")
+    sys.stdout.flush()
+    raise SystemExit(1 if errors else 0)
+
+
+if __name__ == "__main__":
+    main()
