@@ -1,4 +1,8 @@
-"""Runs inside a generated project's environment (see bench/soak.py): the fault soak itself."""
+"""Runs inside a generated project's environment (see bench/soak.py): the fault soak itself.
+
+`--path tasks` (the default): one `send_email` task run per message, `--workers` at a time.
+`--path bulk`: one `send_many` task run for all of them, `--workers` sends at a time.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ def main() -> None:
     parser.add_argument("--package", required=True)
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--path", choices=["tasks", "bulk"], default="tasks")
     args = parser.parse_args()
 
     # The production retry policy, with short delays and enough retries for a 30% fault rate
@@ -55,6 +60,7 @@ def main() -> None:
         from prefect.testing.utilities import prefect_test_harness
 
         tasks = importlib.import_module(f"{package}.tasks")
+        bulk = importlib.import_module(f"{package}.bulk")
 
         runner: Any = ThreadPoolTaskRunner(max_workers=args.workers)
 
@@ -73,6 +79,21 @@ def main() -> None:
             states = [future.wait() or future.state for future in futures]
             return [str(state.type.value) for state in states]
 
+        @flow
+        def soak_bulk(n: int) -> list[str]:
+            messages = [
+                bulk.OutgoingEmail(
+                    audience=audience,
+                    to=["soak@example.com"],
+                    subject=f"soak #{i}",
+                    markdown=f"message {i}",
+                    idempotency_key=tasks.message_key("soak", str(i)),
+                )
+                for i in range(n)
+            ]
+            outcomes = bulk.send_many(messages, max_concurrency=args.workers)
+            return ["COMPLETED" if outcome.sent else "FAILED" for outcome in outcomes]
+
         for seed, rule in enumerate(FAULTS):
             response = httpx.post(
                 f"{fake.base_url}/_fake/faults", json={"path_prefix": "/v1/", "seed": seed, **rule}
@@ -81,7 +102,7 @@ def main() -> None:
 
         with prefect_test_harness(server_startup_timeout=120):
             started = time.monotonic()
-            final_states = soak(args.messages)
+            final_states = (soak_bulk if args.path == "bulk" else soak)(args.messages)
             wall = time.monotonic() - started
 
         fired = sum(r["fired"] for r in httpx.get(f"{fake.base_url}/_fake/faults").json()["faults"])
@@ -94,15 +115,20 @@ def main() -> None:
     delivered = len(wanted & set(subjects))
     duplicates = sum(count - 1 for subject, count in subjects.items() if subject in wanted)
     lost = len(wanted - set(subjects))
-    failed_tasks = sum(1 for state in final_states if state != "COMPLETED")
-    print(f"messages:        {args.messages} logical sends, {args.workers} concurrent task runs")
+    failed = sum(1 for state in final_states if state != "COMPLETED")
+    how = (
+        f"one send_many task run, {args.workers} sends at a time"
+        if args.path == "bulk"
+        else f"{args.workers} concurrent send_email task runs"
+    )
+    print(f"messages:        {args.messages} logical sends, {how}")
     # Every faulted request is followed by one more attempt; each message ends in one success.
     share = fired / (fired + args.messages)
     print(f"faults injected: {fired} ({share:.0%} of {fired + args.messages} send requests)")
     print(f"delivered:       {delivered}")
     print(f"duplicates:      {duplicates}")
     print(f"lost:            {lost}")
-    print(f"failed tasks:    {failed_tasks}")
+    print(f"failed {'sends' if args.path == 'bulk' else 'tasks'}:    {failed}")
     print(f"wall time:       {wall:.1f} s ({args.messages / wall:.0f} messages/s)")
     raise SystemExit(0 if (delivered, duplicates, lost) == (args.messages, 0, 0) else 1)
 
