@@ -15,9 +15,11 @@ from datetime import UTC, datetime, timedelta
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
+from prefect.runtime import deployment as this_deployment
 
 from .credentials import current_settings, shared_client
 from .inbound import ANSWER_INBOUND_DEPLOYMENT, RUN_TAGS, MailboxDirectory, start_answer
+from .local_deployments import LOCAL_NAME
 from .settings import OversightMode
 from .tasks import mail_task
 
@@ -58,15 +60,25 @@ def unhandled_inbound(audience: str, since: datetime) -> list[str]:
     return found[::-1]
 
 
+def answer_deployment() -> str:
+    """The answer-inbound deployment beside this run's own: `answer-inbound/local` when served
+    by `serve`, else the one prefect.yaml deploys."""
+    if this_deployment.name == LOCAL_NAME:
+        return f"answer-inbound/{LOCAL_NAME}"
+    return ANSWER_INBOUND_DEPLOYMENT
+
+
 @flow(name="reconcile-inbound")
 async def reconcile_inbound(
-    deployment: str = ANSWER_INBOUND_DEPLOYMENT, lookback_hours: float = 24.0
+    deployment: str | None = None, lookback_hours: float = 24.0
 ) -> dict[str, str]:
     """Start (or find) the answer-inbound run of every recent inbound email no run handled.
 
     Returns email id → flow run id. Scheduled every 10 minutes in prefect.yaml and by `serve`;
     `lookback_hours` bounds how far back it looks (MultiMail lists newest first).
+    `deployment`: FLOW/DEPLOYMENT of answer-inbound (default: `answer_deployment()`).
     """
+    deployment = deployment or answer_deployment()
     settings = current_settings()
     since = datetime.now(UTC) - timedelta(hours=lookback_hours)
     log = get_run_logger()

@@ -44,8 +44,12 @@ WEBHOOK_PATH = "/multimail/webhook"
 @pytest.fixture(scope="session")
 def answer_deployment(prefect_server: None) -> UUID:
     """answer-inbound registered on the test server under the name prefect.yaml gives it."""
-    deployment_id: UUID = answer_inbound.to_deployment(name=DEPLOYMENT_NAME).apply()
-    return deployment_id
+
+    async def register() -> UUID:
+        deployment = await answer_inbound.ato_deployment(name=DEPLOYMENT_NAME)
+        return await deployment.aapply()
+
+    return asyncio.run(register())
 
 
 async def _runs(deployment_id: UUID, email_id: str) -> list[FlowRun]:

@@ -174,14 +174,18 @@ async def _events_about(resource_id: str) -> list[ReceivedEvent]:
 
 def test_reply_events_are_stored_once_however_often_a_flow_emits_them() -> None:
     reply, inbound = f"01JREPLY{uuid.uuid4().hex[:18].upper()}", "01JINBOUND0000000000000000"
-    for _ in range(2):  # a retried or resumed flow emits the same events again
-        reply_queued("customers", inbound, reply, "pending_send_approval")
-        reply_decided("customers", reply, "sent")
     deadline = time.monotonic() + 30
-    while len(stored := asyncio.run(_events_about(f"multimail.email.{reply}"))) < 2:
-        assert time.monotonic() < deadline, stored
-        time.sleep(0.2)
+    while True:
+        # A retried or resumed flow emits the same events again (and emit_event sends in the
+        # background, with no acknowledgement: emit until both are in).
+        for _ in range(2):
+            reply_queued("customers", inbound, reply, "pending_send_approval")
+            reply_decided("customers", reply, "sent")
+        stored = asyncio.run(_events_about(f"multimail.email.{reply}"))
+        if len(stored) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert sorted(e.event for e in stored) == ["multimail.reply.decided", "multimail.reply.queued"]
     queued = next(e for e in stored if e.event == "multimail.reply.queued")
     assert queued.payload == {"status": "pending_send_approval"}
-    assert [r.id for r in queued.related] == [f"multimail.email.{inbound}"]
+    assert f"multimail.email.{inbound}" in [r.id for r in queued.related]

@@ -20,7 +20,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-import yaml
+import yaml  # type: ignore[import-untyped]  # PyYAML comes with Prefect, without stubs
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
