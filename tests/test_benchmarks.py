@@ -31,6 +31,20 @@ def test_a_small_fault_soak_delivers_every_message_once(installed_project: Path)
     assert int(figures["faults injected"]) > 0
 
 
+def test_the_throughput_benchmark_sends_every_message_once_by_every_pattern(
+    installed_project: Path,
+) -> None:
+    # TLS only, to stay short: it runs `fake serve --tls`, and the patterns are the same.
+    output = run_driver(
+        installed_project,
+        "throughput_driver.py",
+        *("--messages", "10", "--rounds", "1", "--transports", "tls", "--no-profile"),
+    )
+    rows = re.findall(r"^  (.+?)\s+\d+ msg/s", output, flags=re.MULTILINE)
+    assert len(rows) == 6, output
+    assert "exactly once: yes" in output  # else the driver exits 1 and `run` fails first
+
+
 def test_the_latency_benchmark_measures_both_ways_of_waiting(installed_project: Path) -> None:
     output = run_driver(
         installed_project, "latency_driver.py", "--flows", "1", "--think", "1", "--runner-poll", "1"
