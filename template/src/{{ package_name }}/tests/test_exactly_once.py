@@ -95,6 +95,18 @@ def test_permanent_failure_fails_at_once_and_names_the_fix(
     assert outbound(client, audience) == []
 
 
+def test_the_retry_count_is_the_setting_of_the_moment_not_of_the_import(
+    fake: FakeMultiMail, client: MultiMailClient, audience: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MULTIMAIL_RETRIES", "1")
+    credentials.reset()
+    add_fault(fake, path_prefix="/v1/mailboxes/", method="POST", status=503, count=5)
+    with pytest.raises(MultiMailAPIError):
+        _send(audience)
+    assert times_fired(fake) == 2  # the first attempt and one retry
+    assert outbound(client, audience) == []
+
+
 def test_lost_response_is_retried_into_the_original_message(
     fake: FakeMultiMail, client: MultiMailClient, audience: str
 ) -> None:
