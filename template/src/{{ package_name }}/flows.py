@@ -135,6 +135,15 @@ def _recorded(inbound: Email) -> ReplyReport | None:
     )
 
 
+def _when(timestamp: str | None) -> datetime | None:
+    """An API timestamp as an aware datetime (UTC if it names no zone), None if unreadable."""
+    try:
+        when = datetime.fromisoformat(timestamp or "")
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
 def _skip_reason(audience: str, inbound: Email) -> str | None:
     """Why `inbound` must not be answered, or None: only mail from outside, and a bounded
     number of replies per conversation, so that an auto-responder cannot start a loop."""
@@ -144,15 +153,14 @@ def _skip_reason(audience: str, inbound: Email) -> str | None:
     if sender in own_addresses():
         return f"sent by this project's own mailbox {sender}"
     limit = current_settings().max_replies_per_thread_per_day
-    if inbound.thread_id and inbound.received_at:
-        since = datetime.fromisoformat(inbound.received_at) - timedelta(days=1)
+    if inbound.thread_id:
+        since = (_when(inbound.received_at) or datetime.now(UTC)) - timedelta(days=1)
         replies = [
             e
             for e in get_thread(audience, inbound.thread_id).emails
             if e.direction == "outbound"
             and e.status not in ("rejected", "cancelled")
-            and e.received_at
-            and datetime.fromisoformat(e.received_at) >= since
+            and (_when(e.received_at) or since) >= since  # undated: counted, to be safe
         ]
         if len(replies) >= limit:
             return (
