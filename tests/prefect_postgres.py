@@ -132,13 +132,23 @@ def start(prefect: Path) -> PrefectOnPostgres:
     raise RuntimeError(f"prefect server on PostgreSQL did not answer in {STARTUP_TIMEOUT} s")
 
 
+def _exited(pid: int) -> bool:
+    """Whether the process group of `pid` is gone (reaping `pid` if this process started it)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def stop(server: PrefectOnPostgres) -> None:
     """Stop the Prefect server, then PostgreSQL, and remove the cluster."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(server.server_pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            os.killpg(server.server_pid, 0)
+        while time.monotonic() < deadline and not _exited(server.server_pid):
             time.sleep(0.2)
         os.killpg(server.server_pid, signal.SIGKILL)
     root = Path(server.root)

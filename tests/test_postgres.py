@@ -45,7 +45,6 @@ pytestmark = pytest.mark.slow
 DEPLOYMENT = "answer-inbound/answer-inbound"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 SIGNATURE_HEADER = "X-MultiMail-Signature"
-DECISIONS = ["oversight.approved", "oversight.rejected"]
 #: Inbound messages delivered at once while two process workers poll the pool.
 BURST = 6
 
@@ -72,7 +71,6 @@ class Stack:
     pool: str
     logs: Path
     mailboxes: dict[str, dict[str, Any]]  # audience -> the fake's mailbox
-    operator: str = ""  # the human approver's key (oversight scope only)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -174,9 +172,6 @@ def stack(
     key = httpx.post(
         f"{url}/_fake/keys", json={"scopes": ["read", "send", "admin"], "name": "flows"}
     ).json()["api_key"]
-    operator = httpx.post(
-        f"{url}/_fake/keys", json={"scopes": ["oversight"], "name": "operator"}
-    ).json()["api_key"]
     stack = Stack(
         installed_project,
         prefect_on_postgres,
@@ -185,7 +180,6 @@ def stack(
         answers["work_pool_name"],
         logs,
         mailboxes={},
-        operator=operator,
         processes=[fake],
     )
     try:
@@ -247,7 +241,7 @@ def logs_of(stack: Stack, *names: str) -> str:
     )
 
 
-def check_answered_once(stack: Stack, email_id: str, audience: str) -> None:
+def check_answered_once(stack: Stack, email_id: str, audience: str) -> dict[str, Any]:
     """Exactly one run for the email, completed, and one reply from the audience's mailbox."""
     finished = stack.finished_run(email_id)
     runs = stack.runs_for(email_id)
@@ -257,6 +251,7 @@ def check_answered_once(stack: Stack, email_id: str, audience: str) -> None:
     replies = stack.replies_to(email_id)
     assert list(replies) == [audience]  # through the mailbox of the audience written to
     assert len(replies[audience]) == 1
+    return finished
 
 
 def start_receiver(stack: Stack, port: int) -> subprocess.Popen[bytes]:
@@ -300,7 +295,7 @@ def test_inbound_mail_is_answered_once_per_message_on_postgres(stack: Stack) -> 
     with stack.mail() as mail:
         subscription = mail.post(
             "/v1/webhooks",
-            json={"url": url, "events": ["message.received", *DECISIONS]},
+            json={"url": url, "events": ["message.received"]},
         )
         subscription.raise_for_status()
     secret = subscription.json()["signing_secret"]
@@ -309,29 +304,29 @@ def test_inbound_mail_is_answered_once_per_message_on_postgres(stack: Stack) -> 
 
     # 2. Inbound mail -> signed webhook -> receiver -> run on the worker -> reply, per audience.
     email_id = stack.deliver_inbound(autonomous, "first delivery")
-    check_answered_once(stack, email_id, autonomous)
-    # ... on a worker started outside the project, with the key from the Secret block.
+    first_run = check_answered_once(stack, email_id, autonomous)
+    # ... on a worker started outside the project, whose pull step found the project there, with
+    # the key from the Secret block.
+    with stack.prefect() as api:
+        logs = api.post(
+            "/logs/filter", json={"logs": {"flow_run_id": {"any_": [first_run["id"]]}}}
+        ).json()
+    assert any("enter_project_directory" in line["message"] for line in logs), logs
     worker_log = (stack.logs / "worker-1.log").read_text()
     assert "ModuleNotFoundError" not in worker_log
     assert stack.key not in worker_log
+    # Mail to the gated audience: its run replies from that mailbox and suspends (freeing the
+    # worker) until a human decides; resuming it is test_suspend's business in the project.
     gated_id = stack.deliver_inbound(gated, "needs a human")
-    reply_id = wait_for(
-        "the gated reply to wait for approval",
-        lambda: next(iter(stack.replies_to(gated_id).get(gated, [])), None),
+    suspended = wait_for(
+        "the gated run to suspend on its reply",
+        lambda: [r for r in stack.runs_for(gated_id) if r["state_type"] == "PAUSED"],
     )
-    with httpx.Client(
-        base_url=stack.fake, headers={"Authorization": f"Bearer {stack.operator}"}
-    ) as op:
-        wait_for(
-            "the gated reply to be pending",
-            lambda: any(
-                e["id"] == reply_id for e in op.get("/v1/oversight/pending").json()["emails"]
-            ),
-        )
-        op.post(
-            "/v1/oversight/decide", json={"email_id": reply_id, "action": "approve"}
-        ).raise_for_status()
-    check_answered_once(stack, gated_id, gated)  # the decision webhook resumed the same run
+    assert len(stack.runs_for(gated_id)) == 1
+    assert suspended[0]["parameters"]["audience"] == gated
+    replies = stack.replies_to(gated_id)
+    assert list(replies) == [gated]
+    assert len(replies[gated]) == 1
 
     # 3. Duplicates: the same delivery again, and another delivery id for the same email.
     data = {
