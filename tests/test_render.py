@@ -85,7 +85,13 @@ def test_deployments_use_the_pool_schedule_and_only_the_block_name(
     project, answers = rendered
     config = yaml.safe_load((project / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in config["deployments"]}
-    assert set(deployments) == {"status-digest", "answer-inbound", "expire-approval-waits"}
+    assert set(deployments) == {
+        "status-digest",
+        "answer-inbound",
+        "expire-approval-waits",
+        "reconcile-inbound",
+        "export-audit-log",
+    }
     digest = deployments["status-digest"]
     assert digest["schedules"] == [{"cron": answers["digest_schedule"], "timezone": "UTC"}]
     for deployment in deployments.values():
