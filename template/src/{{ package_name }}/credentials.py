@@ -34,7 +34,7 @@ def _resolve(from_env: SecretStr | None, env_name: str, block_name: str, what: s
     except ValueError as error:  # Prefect's answer when no block has that name
         raise MissingSecretError(
             f"no {what}: set {env_name} (locally, e.g. in .env), or create the Prefect Secret "
-            f"block {block_name!r} for deployments (`prefect block create secret`)"
+            f"block {block_name!r} for deployments (the project's `setup` command stores it)"
         ) from error
     except Exception as error:  # the Prefect API itself could not be asked
         raise MissingSecretError(
