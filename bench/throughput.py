@@ -36,7 +36,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8, help="send_many's max_concurrency")
     parser.add_argument("--transports", default="plain,tls")
     parser.add_argument("--patterns", help="comma-separated subset (default: all)")
-    parser.add_argument("--no-profile", action="store_true", help="no profile of missed goals")
+    parser.add_argument(
+        "--profile",
+        choices=["missed", "always", "never"],
+        default="missed",
+        help="profile the patterns that missed a goal (default), every Prefect one, or none",
+    )
     parser.add_argument("--project", type=Path, help="an installed render to reuse")
     args = parser.parse_args()
     project = installed_project(args.project)
@@ -53,8 +58,7 @@ def main() -> int:
     ]
     if args.patterns:
         options += ["--patterns", args.patterns]
-    if args.no_profile:
-        options.append("--no-profile")
+    options += ["--profile", args.profile]
     return run_driver(project, "throughput_driver.py", *options)
 
 

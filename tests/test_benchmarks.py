@@ -38,7 +38,7 @@ def test_the_throughput_benchmark_sends_every_message_once_by_every_pattern(
     output = run_driver(
         installed_project,
         "throughput_driver.py",
-        *("--messages", "10", "--rounds", "1", "--transports", "tls", "--no-profile"),
+        *("--messages", "10", "--rounds", "1", "--transports", "tls", "--profile", "never"),
     )
     rows = re.findall(r"^  (.+?)\s+\d+ msg/s", output, flags=re.MULTILINE)
     assert len(rows) == 6, output

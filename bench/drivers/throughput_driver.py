@@ -56,6 +56,18 @@ class OutputWatch:
                 os.write(real, line)
 
 
+#: C calls whose own time is a thread blocked, not working.
+BLOCKING = {
+    "recv": "waiting for the server",
+    "recv_into": "waiting for the server",
+    "read": "waiting for the server",
+    "poll": "waiting for the server",
+    "acquire": "waiting for another thread",
+    "get": "waiting for another thread",
+    "sleep": "sleeping (retry backoff, Prefect's heartbeat)",
+}
+
+
 class ThreadProfiles:
     """cProfile in the calling thread and in every thread started while it is on.
 
@@ -82,19 +94,38 @@ class ThreadProfiles:
         self.profiles[0].disable()
         threading.setprofile(None)
 
-    def summary(self, top: int = 15) -> list[str]:
+    def summary(self, package: str, top: int = 8) -> list[str]:
+        """Blocked time by kind, the CPU hot spots, and the project's own calls (cumulative)."""
         stats = pstats.Stats(self.profiles[0])
         for profile in self.profiles[1:]:
             stats.add(profile)
-        table: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
-        own = sorted(((row[2], where) for where, row in table.items()), reverse=True)
-        total = sum(seconds for seconds, _ in own) or 1.0
-        lines = []
-        for seconds, (path, line, name) in own[:top]:
-            found = re.search(r"site-packages/(.+)", path)
-            place = found[1] if found else Path(path).name if path != "~" else ""
-            lines.append(f"{seconds:7.2f} s {seconds / total:6.1%}  {name}  {place}:{line}")
+        table: dict[tuple[str, int, str], Any] = stats.stats  # type: ignore[attr-defined]
+        blocked: Counter[str] = Counter()
+        working: list[tuple[float, str]] = []
+        project: list[tuple[float, str]] = []
+        for (path, line, name), (_, _, own, cumulative, _) in table.items():
+            call = re.fullmatch(r"<method '(\w+)' of .*>|<built-in method time\.(\w+)>", name)
+            kind = BLOCKING.get(next(filter(None, call.groups()), "")) if call else None
+            where = self._where(path, line, name)
+            if kind:
+                blocked[kind] += own
+            else:
+                working.append((own, where))
+            if f"/{package}/" in path:
+                project.append((cumulative, where))
+        total = sum(blocked.values()) + sum(own for own, _ in working) or 1.0
+        lines = [f"{s:7.2f} s {s / total:6.1%}  {kind}" for kind, s in blocked.most_common()]
+        lines.append("busy, by own time:")
+        lines += [f"{s:7.2f} s {s / total:6.1%}  {w}" for s, w in sorted(working)[::-1][:top]]
+        lines.append(f"{package}'s own functions, by cumulative time:")
+        lines += [f"{s:7.2f} s           {w}" for s, w in sorted(project)[::-1][:top]]
         return lines
+
+    @staticmethod
+    def _where(path: str, line: int, name: str) -> str:
+        found = re.search(r"site-packages/(.+)", path)
+        place = found[1] if found else Path(path).name if path != "~" else ""
+        return f"{name}  {place}:{line}" if place else name
 
 
 @dataclass
@@ -159,7 +190,7 @@ class Bench:
             name: importlib.import_module(f"{package}.{name}")
             for name in ("credentials", "demo", "client", "tasks", "bulk")
         }
-        self.fake, self.args = fake, args
+        self.package, self.fake, self.args = package, fake, args
         self.audience = ""
         self.mailbox = ""
         self.flows = self._flows()
@@ -398,10 +429,10 @@ def profile(bench: Bench, pattern: str, label: str) -> None:
     with ThreadProfiles() as profiles:
         seconds: float = getattr(bench, pattern)(bench.messages(f"{label} {pattern} profiled"))
     print(
-        f"\nprofile of {label} {pattern} ({seconds:.2f} s under the profiler; own time summed "
-        "over threads, top functions; lock acquire = a thread waiting for another):"
+        f"\nprofile of {label} {pattern} ({seconds:.2f} s under the profiler; times summed over "
+        "its threads):"
     )
-    for line in profiles.summary():
+    for line in profiles.summary(bench.package):
         print(f"  {line}")
 
 
@@ -416,7 +447,12 @@ def main() -> None:
     parser.add_argument("--fanout-workers", type=int, default=2, help="send_many runs at a time")
     parser.add_argument("--transports", default="plain,tls")
     parser.add_argument("--patterns", default=",".join(PATTERNS))
-    parser.add_argument("--no-profile", action="store_true", help="skip profiles of misses")
+    parser.add_argument(
+        "--profile",
+        choices=["missed", "always", "never"],
+        default="missed",
+        help="which to profile",
+    )
     args = parser.parse_args()
     patterns = [p for p in args.patterns.split(",") if p]
     unknown = set(patterns) - set(PATTERNS)
@@ -444,8 +480,11 @@ def main() -> None:
                 errors += figures.errors
                 misses = report(bench, figures, label)
                 missed += [what for _, what in misses]
-                if not args.no_profile:
-                    for pattern in dict.fromkeys(pattern for pattern, _ in misses):
+                profiled = [pattern for pattern, _ in misses]
+                if args.profile == "always":
+                    profiled = [p for p in patterns if p not in ("pooled", "per_call")]
+                if args.profile != "never":
+                    for pattern in dict.fromkeys(profiled):
                         profile(bench, pattern, label)
                 os.environ.pop("SSL_CERT_FILE", None)
     print()
