@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from typing import Annotated
 
@@ -19,7 +20,14 @@ app.add_typer(receiver_app, name="receiver")
 def demo(
     verbose: Annotated[bool, typer.Option(help="Show Prefect's own log lines too.")] = False,
 ) -> None:
-    """Run the flows end to end against the bundled fake MultiMail (127.0.0.1 only)."""
+    """Run the flows end to end against the bundled fake MultiMail (127.0.0.1 only).
+
+    Prefect's state (its temporary server's database, profiles) goes to a new temporary
+    PREFECT_HOME unless you set one: the demo never writes to ~/.prefect.
+    """
+    if "PREFECT_HOME" not in os.environ:
+        os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-demo-")
+    typer.echo(f"Prefect state for this demo: {os.environ['PREFECT_HOME']} (PREFECT_HOME)")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -138,19 +146,19 @@ def resume(
     """
     import asyncio
 
-    from .approvals import FLOW_RUN_TAG, resume_waiting_run
+    from .approvals import FLOW_RUN_TAG, resume_waiters
     from .credentials import current_settings, shared_client
 
     settings = current_settings()
     client = shared_client()
     mailbox = client.mailbox_id(settings.audience(audience or settings.replies.audience).mailbox)
-    flow_run_id = client.get_tags(mailbox, email_id).get(FLOW_RUN_TAG)
-    if not flow_run_id:
-        typer.echo(f"no flow run waits for {email_id} (it has no {FLOW_RUN_TAG} tag)", err=True)
+    outcomes = asyncio.run(resume_waiters(email_id, client.get_tags(mailbox, email_id)))
+    if not outcomes:
+        typer.echo(f"no flow run waits for {email_id} (it has no {FLOW_RUN_TAG}-* tag)", err=True)
         raise typer.Exit(1)
-    outcome = asyncio.run(resume_waiting_run(flow_run_id))
-    typer.echo(f"{outcome}: flow run {flow_run_id}")
-    if outcome not in ("resumed", "finished"):
+    for flow_run_id, outcome in outcomes.items():
+        typer.echo(f"{outcome}: flow run {flow_run_id}")
+    if any(outcome not in ("resumed", "finished") for outcome in outcomes.values()):
         raise typer.Exit(1)
 
 
