@@ -83,13 +83,16 @@ def start(prefect: Path) -> PrefectOnPostgres:
         shutil.chown(root, "postgres", "postgres")
     pg_port = free_port()
     tool = functools.partial(_postgres_tool, pg_bin)
-    _run(
-        tool("initdb", "-D", data, "-U", "prefect", "--auth=trust", "-E", "UTF8", "--no-sync"), log
-    )
     options = f"-p {pg_port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
     options += " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-    _run(tool("pg_ctl", "-D", data, "-o", options, "-l", server_log, "-w", "-t", 60, "start"), log)
-    _run(tool("createdb", "-h", "127.0.0.1", "-p", pg_port, "-U", "prefect", "prefect"), log)
+    try:
+        _run(tool("initdb", "-D", data, "-U", "prefect", "-A", "trust", "-E", "UTF8", "-N"), log)
+        _run(tool("pg_ctl", "-D", data, "-o", options, "-l", server_log, "-w", "start"), log)
+        _run(tool("createdb", "-h", "127.0.0.1", "-p", pg_port, "-U", "prefect", "prefect"), log)
+    except BaseException:
+        subprocess.run(tool("pg_ctl", "-D", data, "-m", "immediate", "stop"), capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     database_url = f"postgresql+asyncpg://prefect@127.0.0.1:{pg_port}/prefect"
     api_port = free_port()
     env = {
