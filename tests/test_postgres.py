@@ -121,7 +121,7 @@ class Stack:
             ).json()
         return [r for r in runs if r["parameters"].get("email_id") == email_id]
 
-    def finished_run(self, email_id: str, timeout: float = 120.0) -> dict[str, Any]:
+    def finished_run(self, email_id: str, timeout: float = 180.0) -> dict[str, Any]:
         """The one run for `email_id`, once it reached a final state."""
 
         def done() -> dict[str, Any] | None:
@@ -358,7 +358,8 @@ def test_inbound_mail_is_answered_once_per_message_on_postgres(stack: Stack) -> 
     # 5. The receiver is down when mail arrives; MultiMail retries once it is back.
     stop_process(receiver)
     stack.processes.remove(receiver)
-    httpx.post(f"{stack.fake}/_fake/config", json={"webhook_backoff": 3.0}).raise_for_status()
+    # Retries after 5, 15 and 35 s: time for the receiver to come back even on a busy machine.
+    httpx.post(f"{stack.fake}/_fake/config", json={"webhook_backoff": 5.0}).raise_for_status()
     late_id = stack.deliver_inbound(autonomous, "while the receiver is down")
     with stack.mail() as mail:
         wait_for(
