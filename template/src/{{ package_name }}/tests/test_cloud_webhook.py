@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import textwrap
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -232,3 +234,16 @@ def test_two_deliveries_of_one_email_start_one_run_on_the_server(
         assert first.parameters == {"email_id": twice}
     finally:
         asyncio.run(_remove(automation))
+
+
+def test_prefect_yaml_carries_the_same_trigger_commented_out() -> None:
+    """Uncommenting the trigger under answer-inbound in prefect.yaml gives this very trigger."""
+    lines = (PROJECT / "prefect.yaml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "# triggers:")
+    block = []
+    for line in lines[start:]:
+        if not line.lstrip().startswith("#"):
+            break
+        block.append(re.sub(r"^(\s*)# ?", r"\1", line))
+    uncommented = yaml.safe_load(textwrap.dedent("\n".join(block)))
+    assert uncommented == yaml.safe_load(TRIGGER_FILE.read_text())
