@@ -95,7 +95,8 @@ class Terminal:
 
     def send(self, code: str, timeout: float = 300) -> str:
         assert self.process.stdin is not None
-        self.process.stdin.write(f"{code}\necho {DONE}\n")
+        # Nothing in a block may read the lines that follow it from this shell's stdin.
+        self.process.stdin.write(f"{{\n{code}\n}} </dev/null\necho {DONE}\n")
         self.process.stdin.flush()
         output: list[str] = []
         deadline = time.monotonic() + timeout
