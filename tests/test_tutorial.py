@@ -35,9 +35,7 @@ import httpx
 import pytest
 
 from .answers import DEFAULT
-from .conftest import Render, uv
-
-pytestmark = pytest.mark.slow
+from .conftest import REPO, Render, uv
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SHELL_FENCE = re.compile(r"^```shell\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -261,6 +259,17 @@ def tutorial_env(tmp_path: Path, prefect_port: str) -> dict[str, str]:
     return env
 
 
+def test_every_command_of_the_tutorial_is_in_a_block_the_test_runs(render: Render) -> None:
+    """Commands go in ```shell blocks (run below); no other fence may hold any."""
+    tutorial = (render(DEFAULT) / "docs" / "tutorial.md").read_text()
+    fences = re.findall(r"^```(\w*)$", tutorial, re.MULTILINE)
+    assert set(fences[::2]) == {"shell"}, fences
+    for name in ("approval-page.png", "flow-run.png"):
+        assert f"(images/{name})" in tutorial
+        assert (REPO / "template" / "docs" / "images" / name).stat().st_size > 10_000
+
+
+@pytest.mark.slow
 def test_the_tutorial_runs_as_written(render: Render, tmp_path: Path, browser: Any) -> None:
     tutorial = (render(DEFAULT, "rendered") / "docs" / "tutorial.md").read_text()
     blocks = shell_blocks(tutorial)
