@@ -29,6 +29,8 @@ def demo(
         os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-demo-")
     typer.echo(f"Prefect state for this demo: {os.environ['PREFECT_HOME']} (PREFECT_HOME)")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect's temporary server gets 20 s to start by default; a busy laptop may need more.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from .demo import run_demo
