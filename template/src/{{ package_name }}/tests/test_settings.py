@@ -115,3 +115,29 @@ def test_the_owners_dot_env_never_reaches_the_tests(
     (tmp_path / ".env").write_text("MULTIMAIL_API_URL=https://owner.example\n")
     monkeypatch.chdir(tmp_path)
     assert Settings().api_url != "https://owner.example"
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_reading_settings_inside_a_flow_run_asks_prefect_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every mail task reads the settings; knowing whether the run is deployed must come from
+    the flow run in context, not from a flow-run read per call (which made each task ~80 ms)."""
+    from prefect import flow
+    from prefect.runtime import deployment
+
+    reads: list[object] = []
+    read_flow_run = vars(deployment)["_get_flow_run"]
+
+    async def counted(run_id: str) -> object:
+        reads.append(run_id)
+        return await read_flow_run(run_id)
+
+    monkeypatch.setattr(deployment, "_get_flow_run", counted)
+
+    @flow
+    def reads_settings_five_times() -> list[bool]:
+        return [credentials.in_deployed_run() for _ in range(5)]
+
+    assert reads_settings_five_times() == [False] * 5
+    assert reads == []
