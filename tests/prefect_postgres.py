@@ -136,14 +136,15 @@ def start(prefect: Path) -> PrefectOnPostgres:
 
 
 def _exited(pid: int) -> bool:
-    """Whether the process group of `pid` is gone (reaping `pid` if this process started it)."""
+    """Whether process `pid` has ended: reaped if this process started it, or a zombie of the
+    xdist worker that did (which does not wait for it)."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
     try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return True
-    return False
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def stop(server: PrefectOnPostgres) -> None:
