@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .approvals import WaitMode, await_delivery, resume_expired_waits
 from .credentials import current_settings
+from .events import reply_decided, reply_queued
 from .models import Email
 from .tasks import (
     Delivery,
@@ -207,15 +208,18 @@ def answer_inbound(
             log.info("Not answering %s: %s", email_id, reason)
             return ReplyReport(inbound_id=email_id, reply_id=None, outcome="skipped", reason=reason)
         tag_email(audience, email_id, {"workflow": "answer-inbound", STATE_TAG: "answering"})
-        reply_id = reply_to_email(
+        reply = reply_to_email(
             audience,
             email_id,
             reply_markdown or draft(inbound),
             idempotency_key=message_key("reply", email_id),
-        ).id
+        )
+        reply_id = reply.id
+        reply_queued(audience, email_id, reply_id, reply.status)
         tag_email(audience, email_id, {STATE_TAG: "awaiting-decision", REPLY_TAG: reply_id})
     delivery = await_delivery(audience, reply_id, wait)
     tag_email(audience, email_id, {STATE_TAG: f"reply-{delivery.outcome}"})
+    reply_decided(audience, reply_id, delivery.outcome)
     create_markdown_artifact(
         key="answer-inbound",
         markdown=(

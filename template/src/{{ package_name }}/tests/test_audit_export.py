@@ -24,10 +24,12 @@ from prefect.events.schemas.events import ReceivedEvent
 from prefect.variables import Variable
 from pydantic import SecretStr
 
+from .. import credentials
 from ..audit_export import CURSOR_VARIABLE, export_audit_log
 from ..client import MultiMailClient
 from ..events import reply_decided, reply_queued
 from ..fake import FakeMultiMail
+from ..flows import answer_inbound
 from ..models import AuditEntry
 from ..provision import MailboxState
 
@@ -189,3 +191,27 @@ def test_reply_events_are_stored_once_however_often_a_flow_emits_them() -> None:
     queued = next(e for e in stored if e.event == "multimail.reply.queued")
     assert queued.payload == {"status": "pending_send_approval"}
     assert f"multimail.email.{inbound}" in [r.id for r in queued.related]
+
+
+def test_answering_an_email_emits_reply_queued_and_decided(
+    mail_env: list[MailboxState], fake: FakeMultiMail, approving_operator: object
+) -> None:
+    settings = credentials.current_settings()
+    audience = settings.replies.audience
+    address = next(s.address for s in mail_env if s.audience == audience)
+    inbound = fake.deliver_inbound(
+        to=address, sender="ada@example.com", subject="Order 7", markdown="Where is it?"
+    )
+    report = answer_inbound(inbound, audience=audience, wait="poll")
+    assert report.reply_id is not None
+    deadline = time.monotonic() + 30
+    while len(stored := asyncio.run(_events_about(f"multimail.email.{report.reply_id}"))) < 2:
+        assert time.monotonic() < deadline, stored
+        time.sleep(0.2)
+    by_name = {e.event: e for e in stored}
+    assert set(by_name) == {"multimail.reply.queued", "multimail.reply.decided"}
+    assert by_name["multimail.reply.decided"].payload == {"outcome": report.outcome}
+    assert f"multimail.email.{inbound}" in [r.id for r in by_name["multimail.reply.queued"].related]
+    text = json.dumps([e.model_dump(mode="json") for e in stored])
+    assert "@" not in text
+    assert "Order 7" not in text
