@@ -155,10 +155,24 @@ class Receiver:
             time.sleep(0.05)
 
 
+def wait_until_released(operator_client: MultiMailClient, timeout: float = 30.0) -> None:
+    """Wait until no inbound email is held for approval (gated_all mailboxes hold it until the
+    `approving_operator` lets it in; only then does MultiMail announce it)."""
+    deadline = time.monotonic() + timeout
+    while any(item.direction == "inbound" for item in operator_client.list_pending()):
+        assert time.monotonic() < deadline, "inbound mail still held for approval"
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def receiver(
-    mail_env: object, fake: FakeMultiMail, client: MultiMailClient, app_key: SecretStr
+    mail_env: object,
+    fake: FakeMultiMail,
+    client: MultiMailClient,
+    app_key: SecretStr,
+    approving_operator: object,
 ) -> Iterator[Receiver]:
+    """The receiver, with a human approving what a gated_all mailbox holds."""
     running = Receiver(fake, client, app_key)
     yield running
     running.stop()

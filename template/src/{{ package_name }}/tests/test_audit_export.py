@@ -32,6 +32,8 @@ from ..fake import FakeMultiMail
 from ..flows import answer_inbound
 from ..models import AuditEntry
 from ..provision import MailboxState
+from ..settings import OversightMode
+from .inbound_support import wait_until_released
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
@@ -109,8 +111,9 @@ def test_every_entry_becomes_one_event_about_ids_only(
     app_key: SecretStr,
     cursor_variable: str,
 ) -> None:
-    email_id = _make_activity(client, fake, mail_env[0].address, 3)
-    box = mail_env[0].mailbox_id
+    sender = next(s for s in mail_env if s.mode != OversightMode.READ_ONLY)
+    email_id = _make_activity(client, fake, sender.address, 3)
+    box = sender.mailbox_id
     client.reply(box, email_id, markdown="Private reply", idempotency_key="audit-test-reply")
     entries = _entries(client)
     exported = asyncio.run(export_audit_log(page_size=7, cursor_variable=cursor_variable))
@@ -194,7 +197,10 @@ def test_reply_events_are_stored_once_however_often_a_flow_emits_them() -> None:
 
 
 def test_answering_an_email_emits_reply_queued_and_decided(
-    mail_env: list[MailboxState], fake: FakeMultiMail, approving_operator: object
+    mail_env: list[MailboxState],
+    fake: FakeMultiMail,
+    approving_operator: object,
+    operator_client: MultiMailClient,
 ) -> None:
     settings = credentials.current_settings()
     audience = settings.replies.audience
@@ -202,6 +208,7 @@ def test_answering_an_email_emits_reply_queued_and_decided(
     inbound = fake.deliver_inbound(
         to=address, sender="ada@example.com", subject="Order 7", markdown="Where is it?"
     )
+    wait_until_released(operator_client)
     report = answer_inbound(inbound, audience=audience, wait="poll")
     assert report.reply_id is not None
     deadline = time.monotonic() + 30

@@ -86,7 +86,9 @@ def trigger() -> DeploymentEventTrigger:
 
 
 @pytest.fixture
-def captured(fake: FakeMultiMail, client: MultiMailClient) -> Iterator[list[bytes]]:
+def captured(
+    fake: FakeMultiMail, client: MultiMailClient, approving_operator: object
+) -> Iterator[list[bytes]]:
     """Raw bodies of the fake's `message.received` deliveries to a capturing endpoint."""
     bodies: list[bytes] = []
 

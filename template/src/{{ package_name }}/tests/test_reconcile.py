@@ -15,7 +15,14 @@ from ..inbound import run_key
 from ..provision import MailboxState
 from ..reconcile import HANDLED_TAG, reconcile_inbound
 from ..settings import OversightMode
-from .inbound_support import DEPLOYMENT, Receiver, answer_deployment, receiver, runs_answering
+from .inbound_support import (
+    DEPLOYMENT,
+    Receiver,
+    answer_deployment,
+    receiver,
+    runs_answering,
+    wait_until_released,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 __all__ = ["answer_deployment", "receiver"]
@@ -32,7 +39,11 @@ def _reconcile() -> dict[str, str]:
 
 
 def test_mail_whose_webhook_never_came_is_started_once(
-    mail_env: list[MailboxState], fake: FakeMultiMail, answer_deployment: UUID
+    mail_env: list[MailboxState],
+    fake: FakeMultiMail,
+    answer_deployment: UUID,
+    approving_operator: object,
+    operator_client: MultiMailClient,
 ) -> None:
     # No webhook subscription at all: every delivery is "lost".
     lost = {
@@ -41,6 +52,7 @@ def test_mail_whose_webhook_never_came_is_started_once(
         ): state.audience
         for state in _answering(mail_env)
     }
+    wait_until_released(operator_client)
     first = _reconcile()
     assert set(first) == set(lost)
     for email_id, audience in lost.items():
