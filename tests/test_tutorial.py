@@ -331,8 +331,9 @@ def check_what_the_reader_was_promised(terminal: Terminal, fake_url: str, prefec
     """Both customers got their answer, through the support mailbox, and the mode changed; the
     audit trail the reader listed holds the approval and the reply."""
     events = next(block for block in terminal.transcript if "/events/filter" in block)
-    for action in ("oversight.decide", "email.reply", "mailbox.upgraded"):
-        assert f" multimail.audit.{action} " in events, events[-3000:]
+    for event in ("audit.oversight.decide", "audit.email.reply", "audit.mailbox.upgraded"):
+        assert f" multimail.{event} " in events, events[-3000:]
+    assert " multimail.reply.decided " in events, events[-3000:]
     key = terminal.send('printf "%s\\n" "$MULTIMAIL_API_KEY"').strip()
     mail = httpx.Client(base_url=f"{fake_url}/v1", headers={"Authorization": f"Bearer {key}"})
     mailboxes = {m["address"]: m for m in mail.get("/mailboxes").json()["mailboxes"]}
