@@ -144,7 +144,7 @@ def test_a_forged_signature_is_401_and_starts_nothing(
 ) -> None:
     state = _answering(mail_env)[0]
     body = _payload("01JFORGED00000000000000000", state.mailbox_id)
-    answer = receiver.post(body, signature=sign("whsec_not_the_real_one", body))
+    answer = receiver.post(body, signature=sign("a forged secret", body))
     assert answer.status_code == 401
     assert runs_answering(answer_deployment, "01JFORGED00000000000000000") == []
 
