@@ -124,8 +124,12 @@ def test_a_scan_slower_than_the_scan_timeout_is_still_pending(
     assert (delivery.outcome, delivery.status) == ("pending", "pending_scan")
 
 
-def test_inbox_read_and_tag(mail_env: list[MailboxState], fake: FakeMultiMail) -> None:
-    audience = credentials.current_settings().replies.audience
+def test_inbox_read_and_tag(
+    gated_audience: str, mail_env: list[MailboxState], fake: FakeMultiMail
+) -> None:
+    # The test's own gated_send audience: the project's may be gated_all, which holds inbound
+    # mail for a human before any inbox shows it.
+    audience = gated_audience
     address = next(s.address for s in mail_env if s.audience == audience)
     email_id = fake.deliver_inbound(
         to=address, sender="ada@example.com", subject="Question", markdown="Hello?"
