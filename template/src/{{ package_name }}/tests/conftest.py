@@ -8,6 +8,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -120,3 +121,21 @@ def prefect_server() -> Iterator[None]:
         prefect_test_harness(server_startup_timeout=90),
     ):
         yield
+
+
+@pytest.fixture
+def control(fake: FakeMultiMail) -> Iterator[httpx.Client]:
+    """An unauthenticated client, as a person's browser is (the fake's control surface and
+    pages need no key)."""
+    with httpx.Client(base_url=fake.base_url, trust_env=False, timeout=5) as client:
+        yield client
+
+
+@pytest.fixture
+def agent(fake: FakeMultiMail, control: httpx.Client) -> Iterator[httpx.Client]:
+    """A raw HTTP client with an admin and send key, for tests of the fake's API itself."""
+    created = control.post("/_fake/keys", json={"scopes": ["admin", "send"], "name": "agent"})
+    assert created.status_code == 201
+    headers = {"Authorization": f"Bearer {created.json()['api_key']}"}
+    with httpx.Client(base_url=fake.base_url, headers=headers, trust_env=False, timeout=5) as c:
+        yield c

@@ -6,29 +6,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from ..fake import FakeMultiMail
-
 HOSTILE = "<script>alert('pwned')</script>"
-
-
-@pytest.fixture
-def control(fake: FakeMultiMail) -> Iterator[httpx.Client]:
-    """An unauthenticated client, as a person's browser is (the pages need no key)."""
-    with httpx.Client(base_url=fake.base_url, trust_env=False, timeout=5) as client:
-        yield client
-
-
-@pytest.fixture
-def agent(fake: FakeMultiMail, control: httpx.Client) -> Iterator[httpx.Client]:
-    created = control.post("/_fake/keys", json={"scopes": ["admin", "send"], "name": "agent"})
-    headers = {"Authorization": f"Bearer {created.json()['api_key']}"}
-    with httpx.Client(base_url=fake.base_url, headers=headers, trust_env=False, timeout=5) as c:
-        yield c
 
 
 @pytest.fixture

@@ -6,29 +6,12 @@ The approval page and the operator inbox page are tested in `test_fake_approval_
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import datetime
 
 import httpx
 import pytest
 
 from ..fake import FakeMultiMail
-
-
-@pytest.fixture
-def control(fake: FakeMultiMail) -> Iterator[httpx.Client]:
-    """An unauthenticated client (the control surface and the approval page need no key)."""
-    with httpx.Client(base_url=fake.base_url, trust_env=False, timeout=5) as client:
-        yield client
-
-
-@pytest.fixture
-def agent(fake: FakeMultiMail, control: httpx.Client) -> Iterator[httpx.Client]:
-    created = control.post("/_fake/keys", json={"scopes": ["admin", "send"], "name": "agent"})
-    assert created.status_code == 201
-    headers = {"Authorization": f"Bearer {created.json()['api_key']}"}
-    with httpx.Client(base_url=fake.base_url, headers=headers, trust_env=False, timeout=5) as c:
-        yield c
 
 
 @pytest.fixture
