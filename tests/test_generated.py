@@ -83,21 +83,24 @@ def test_the_readme_walkthrough_works_as_written_without_trust(tmp_path: Path) -
     assert lines[1] == "cd my-mail-flows"
     for line in lines[2:]:
         assert line in copy.stderr, f"Copier's closing message lacks {line!r}"
-    outputs = [run(["bash", "-c", line], cwd=root, env=env, timeout=900) for line in lines[2:]]
-    pytest_summary = outputs[-2].stdout.strip().splitlines()[-1]
-    assert re.search(r"\d+ passed", pytest_summary), pytest_summary
-    assert "failed" not in pytest_summary, pytest_summary
-    # The first commit ran every pre-commit hook offline on the fresh project: strict mypy,
-    # ruff, the pre-commit-hooks checks and the secret patterns.
-    commit = outputs[1].stdout
-    for hook in ("ruff check", "ruff format", "mypy (strict)", "no MultiMail API keys"):
-        assert re.search(rf"^{re.escape(hook)}.*Passed$", commit, re.MULTILINE), commit[-3000:]
-    demo = outputs[-1].stdout
+    out = {
+        line: run(["bash", "-c", line], cwd=root, env=env, timeout=900).stdout for line in lines[2:]
+    }
+    demo = out["uv run my-mail-flows demo"]
     for step in ("1. Provision", "2. Status digest", "3. A customer", "4. Another", "5. Audit"):
         assert step in demo
     assert "is rejected (expected rejected" in demo
     assert "Demo passed" in demo
     assert "Prefect state for this demo:" in demo
+    assert "docs/tutorial.md" in demo
+    # The first commit ran every pre-commit hook offline on the fresh project: strict mypy,
+    # ruff, the pre-commit-hooks checks and the secret patterns.
+    commit = next(text for line, text in out.items() if line.startswith("git add -A"))
+    for hook in ("ruff check", "ruff format", "mypy (strict)", "no MultiMail API keys"):
+        assert re.search(rf"^{re.escape(hook)}.*Passed$", commit, re.MULTILINE), commit[-3000:]
+    pytest_summary = out["uv run pytest"].strip().splitlines()[-1]
+    assert re.search(r"\d+ passed", pytest_summary), pytest_summary
+    assert "failed" not in pytest_summary, pytest_summary
     assert not (tmp_path / "home" / ".prefect").exists()  # nor did the tests or the hooks
     status = run(["git", "status", "--porcelain"], cwd=root)
     assert status.stdout == ""  # everything rendered is committed, uv.lock included

@@ -145,6 +145,10 @@ def run_demo(echo: Callable[[str], None] = print) -> bool:
             else f"FAILED: {len(report.failures)} step(s) did not do what they should."
         )
     )
+    echo(
+        "Next: docs/tutorial.md does the same by hand, deployed on a local Prefect server and "
+        "worker, with inbound mail starting runs and the audit trail as Prefect events."
+    )
     return not report.failures
 
 
