@@ -108,3 +108,25 @@ def fake_url(installed_project: Path) -> Iterator[str]:
     yield url
     server.terminate()
     server.wait(timeout=10)
+
+
+#: The longest tests, longest first (each installs and runs a generated project or a server):
+#: started first, the two xdist workers share them evenly and the quick tests fill the gaps,
+#: instead of one long test running alone at the end.
+LONGEST_FIRST = (
+    "test_generated.py",
+    "test_tutorial.py",
+    "test_postgres.py",
+    "test_benchmarks.py",
+    "test_approval_page.py",
+    "test_deployments.py",
+    "test_agent_kit.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each module keeps its own order
