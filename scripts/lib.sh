@@ -36,19 +36,7 @@ ensure_chromium() {
     if command -v chromium >/dev/null 2>&1; then
         return
     fi
-    local sudo=""
-    if [ "$(id -u)" != 0 ] && sudo -n true 2>/dev/null; then
-        sudo="sudo -n"  # e.g. GitHub's runners: not root, password-less sudo
-    fi
-    if { [ "$(id -u)" = 0 ] || [ -n "$sudo" ]; } && command -v apt-get >/dev/null 2>&1; then
-        echo "Installing Debian's chromium for the approval-page browser test..." >&2
-        ($sudo apt-get update -qq \
-            && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
-            >/dev/null 2>&1 || echo "chromium could not be installed; the browser test skips" >&2
-    else
-        echo "chromium is not installed (run as root, or apt-get install chromium);" \
-            "the browser test skips" >&2
-    fi
+    apt_install chromium "the browser test skips"
 }
 
 ensure_postgresql() {
@@ -58,17 +46,22 @@ ensure_postgresql() {
     if command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
         return
     fi
-    local sudo=""
+    apt_install postgresql "the PostgreSQL-backed tests skip"
+}
+
+apt_install() {
+    # apt_install PACKAGE WHAT_SKIPS: install one of Debian's packages as root, or through
+    # password-less sudo (e.g. GitHub's runners); otherwise say which tests skip without it.
+    local package="$1" skips="$2" sudo=""
     if [ "$(id -u)" != 0 ] && sudo -n true 2>/dev/null; then
         sudo="sudo -n"
     fi
     if { [ "$(id -u)" = 0 ] || [ -n "$sudo" ]; } && command -v apt-get >/dev/null 2>&1; then
-        echo "Installing Debian's postgresql for the PostgreSQL-backed Prefect tests..." >&2
+        echo "Installing Debian's $package for the tests that need it..." >&2
         ($sudo apt-get update -qq \
-            && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) \
-            >/dev/null 2>&1 || echo "postgresql could not be installed; those tests skip" >&2
+            && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package") \
+            >/dev/null 2>&1 || echo "$package could not be installed; $skips" >&2
     else
-        echo "postgresql is not installed (run as root, or apt-get install postgresql);" \
-            "the PostgreSQL-backed tests skip" >&2
+        echo "$package is not installed (run as root, or apt-get install $package); $skips" >&2
     fi
 }
