@@ -164,6 +164,49 @@ def resume(
         raise typer.Exit(1)
 
 
+@app.command("answer-run")
+def answer_run(
+    email_id: Annotated[str, typer.Argument(help="The inbound email.")],
+    wait: Annotated[
+        bool,
+        typer.Option(
+            help="Follow the run until it finishes, through a suspension (until a human decides)."
+        ),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the run to appear, and then to finish.")
+    ] = 600,
+) -> None:
+    """Print the id of the answer-inbound flow run started for inbound email EMAIL_ID.
+
+    Its state and its page in the Prefect UI go to stderr, so RUN_ID=$(... answer-run ID) keeps
+    the id alone. Exits 1 if no run appears in time or, with --wait, if it ends other than
+    Completed. Use it rather than `prefect flow-run watch`, which in Prefect 3.9 reads the run
+    before it subscribes to its events and so misses a run that finishes in between.
+    """
+    import asyncio
+
+    from prefect.exceptions import FlowRunWaitTimeout
+    from prefect.flow_runs import wait_for_flow_run
+    from prefect.settings import get_current_settings
+
+    from .answer_runs import AnswerRunNotFound, await_answer_run
+
+    try:
+        run = asyncio.run(await_answer_run(email_id, timeout=timeout))
+        if wait:
+            run = asyncio.run(wait_for_flow_run(run.id, timeout=int(timeout), log_states=True))
+    except (AnswerRunNotFound, FlowRunWaitTimeout) as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from None
+    state = run.state.name if run.state else "no state yet"
+    page = f"{get_current_settings().ui_url}/runs/flow-run/{run.id}"
+    typer.echo(f"{run.name}: {state}  {page}", err=True)
+    typer.echo(run.id)
+    if wait and not (run.state and run.state.is_completed()):
+        raise typer.Exit(1)
+
+
 @receiver_app.command("serve")
 def receiver_serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
