@@ -321,7 +321,7 @@ def test_the_tutorial_runs_as_written(
                     browser,
                     f"{fake_url}/_fake/approvals",
                     tmp_path / "approval-page.png",
-                    "Where is my order?",
+                    "Approve and send",
                 )
             terminal.send(code)
             if "RUN_ID=$(" in code and not (tmp_path / "flow-run.png").exists():
