@@ -370,8 +370,9 @@ def check_what_the_reader_was_promised(
     mailbox = mailboxes[address]
     assert mailbox["oversight_mode"] == ("monitored" if gated else "gated_send")
     emails = mail.get(f"/mailboxes/{mailbox['id']}/emails", params={"direction": "outbound"})
+    customers = ("ada@example.com", "grace@example.com")  # (the digest may share the mailbox)
     sent = sorted((e["to"][0], e["status"]) for e in emails.json()["emails"])
-    assert sent == [("ada@example.com", "sent"), ("grace@example.com", "sent")]
+    assert [s for s in sent if s[0] in customers] == [(to, "sent") for to in customers]
     runs = httpx.post(f"{prefect_url}/api/flow_runs/filter", json={"limit": 50}).json()
     answered = [r for r in runs if r["name"].startswith("answer-")]
     assert sorted(r["state_type"] for r in answered) == ["COMPLETED", "COMPLETED"]

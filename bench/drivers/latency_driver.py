@@ -9,12 +9,13 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from itertools import pairwise
 from typing import Any, cast
 from uuid import UUID
+
+from _on_fake import provisioned_fake, quiet_prefect
 
 
 class Operator(threading.Thread):
@@ -69,30 +70,14 @@ def main() -> None:
     parser.add_argument("--think", type=float, default=3.0)
     parser.add_argument("--runner-poll", type=float, default=10.0)
     args = parser.parse_args()
-    os.environ.update(
-        PREFECT_LOGGING_LEVEL="ERROR",
-        PREFECT_SERVER_LOGGING_LEVEL="CRITICAL",
-        PREFECT_HOME=tempfile.mkdtemp(prefix="latency-prefect-home-"),
-    )
+    quiet_prefect("latency-prefect-home-")
     pkg = args.package
-    fake_module = importlib.import_module(f"{pkg}.fake")
-    credentials = importlib.import_module(f"{pkg}.credentials")
-    demo = importlib.import_module(f"{pkg}.demo")
-    client_module = importlib.import_module(f"{pkg}.client")
-    from pydantic import SecretStr
 
-    with fake_module.FakeMultiMail(webhook_backoff=0.2) as fake:
-        key = fake.create_key(["read", "send", "admin"])
-        os.environ.update(MULTIMAIL_API_URL=fake.base_url, MULTIMAIL_API_KEY=key)
-        credentials.reset()
-        settings = credentials.current_settings()
-        client = credentials.shared_client()
-        states = demo.provision_on_fake(fake, client, settings)
-        audience = settings.replies.audience
-        address = next(s.address for s in states if s.audience == audience)
-        operator_client = client_module.MultiMailClient(
-            fake.base_url, SecretStr(fake.create_key(["oversight"]))
-        )
+    with provisioned_fake(pkg, webhook_backoff=0.2) as on_fake:
+        fake, client = on_fake.fake, on_fake.client
+        audience = on_fake.settings.replies.audience
+        address = next(s.address for s in on_fake.states if s.audience == audience)
+        operator_client = on_fake.operator_client()
         operator = Operator(operator_client, args.think)
         operator.start()
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import tempfile
 import time
 from collections import Counter
 from typing import Any
 
 import httpx
+from _on_fake import provisioned_fake, quiet_prefect
 
 FAULTS: list[dict[str, Any]] = [
     {"status": 503, "error_rate": 0.10},
@@ -38,21 +38,12 @@ def main() -> None:
         MULTIMAIL_RETRIES="10",
         MULTIMAIL_RETRY_BACKOFF_SECONDS="0.02",
         MULTIMAIL_TIMEOUT_SECONDS="0.5",
-        PREFECT_LOGGING_LEVEL="ERROR",
-        PREFECT_SERVER_LOGGING_LEVEL="CRITICAL",  # no shutdown noise from the test server
-        PREFECT_HOME=tempfile.mkdtemp(prefix="soak-prefect-home-"),
     )
+    quiet_prefect("soak-prefect-home-")
     package = args.package
-    fake_module = importlib.import_module(f"{package}.fake")
-    credentials = importlib.import_module(f"{package}.credentials")
-    demo = importlib.import_module(f"{package}.demo")
 
-    with fake_module.FakeMultiMail() as fake:
-        os.environ["MULTIMAIL_API_URL"] = fake.base_url
-        os.environ["MULTIMAIL_API_KEY"] = fake.create_key(["read", "send", "admin"])
-        credentials.reset()
-        settings = credentials.current_settings()
-        demo.provision_on_fake(fake, credentials.shared_client(), settings)
+    with provisioned_fake(package) as on_fake:
+        fake, settings = on_fake.fake, on_fake.settings
         audience = settings.replies.audience
 
         from prefect import flow
@@ -107,7 +98,7 @@ def main() -> None:
 
         fired = sum(r["fired"] for r in httpx.get(f"{fake.base_url}/_fake/faults").json()["faults"])
         httpx.delete(f"{fake.base_url}/_fake/faults").raise_for_status()
-        client = credentials.shared_client()
+        client = on_fake.client
         mailbox = client.mailbox_id(settings.audience(audience).mailbox)
         subjects = Counter(e.subject for e in client.iter_emails(mailbox, direction="outbound"))
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from _on_fake import provisioned_fake, quiet_prefect
+
 POOL = "webhook-bench"
 
 
@@ -129,36 +131,22 @@ def main() -> None:
     parser.add_argument("--api-url", help="a running Prefect server (else a SQLite test server)")
     parser.add_argument("--timeout", type=float, default=1800.0)
     args = parser.parse_args()
-    os.environ.update(
-        PREFECT_LOGGING_LEVEL="ERROR",
-        PREFECT_SERVER_LOGGING_LEVEL="CRITICAL",
-        PREFECT_HOME=tempfile.mkdtemp(prefix="webhook-bench-prefect-home-"),
-    )
+    quiet_prefect("webhook-bench-prefect-home-")
     if args.api_url:
         os.environ["PREFECT_API_URL"] = args.api_url
     pkg = args.package
-    fake_module = importlib.import_module(f"{pkg}.fake")
-    credentials = importlib.import_module(f"{pkg}.credentials")
-    demo = importlib.import_module(f"{pkg}.demo")
-    client_module = importlib.import_module(f"{pkg}.client")
-    from pydantic import SecretStr
 
-    with fake_module.FakeMultiMail(webhook_backoff=0.2) as fake:
-        key = fake.create_key(["read", "send", "admin"])
-        os.environ.update(MULTIMAIL_API_URL=fake.base_url, MULTIMAIL_API_KEY=key)
-        credentials.reset()
-        settings = credentials.current_settings()
-        client = credentials.shared_client()
-        states = demo.provision_on_fake(fake, client, settings)
+    with provisioned_fake(pkg, webhook_backoff=0.2) as on_fake:
+        fake, client = on_fake.fake, on_fake.client
         # An audience that sends without a human, if there is one; else a human approves.
-        quick = [s for s in states if s.mode in ("autonomous", "monitored")]
-        state = quick[0] if quick else next(s for s in states if s.mode != "read_only")
+        quick = [s for s in on_fake.states if s.mode in ("autonomous", "monitored")]
+        state = quick[0] if quick else next(s for s in on_fake.states if s.mode != "read_only")
         operator = None
         if not quick:
-            operator_client = client_module.MultiMailClient(
-                fake.base_url, SecretStr(fake.create_key(["oversight"]))
+            demo = on_fake.module("demo")
+            operator = demo.Operator(
+                on_fake.operator_client(), lambda _: ("approve", None), lambda _: None
             )
-            operator = demo.Operator(operator_client, lambda _: ("approve", None), lambda _: None)
             operator.start()
 
         from contextlib import nullcontext
