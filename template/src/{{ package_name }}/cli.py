@@ -188,6 +188,7 @@ def answer_run(
 
     from prefect.exceptions import FlowRunWaitTimeout
     from prefect.flow_runs import wait_for_flow_run
+    from prefect.logging.configuration import ensure_logging_setup
     from prefect.settings import get_current_settings
 
     from .answer_runs import AnswerRunNotFound, await_answer_run
@@ -195,6 +196,7 @@ def answer_run(
     try:
         run = asyncio.run(await_answer_run(email_id, timeout=timeout))
         if wait:
+            ensure_logging_setup()  # Prefect's console log, where wait_for_flow_run's states go
             run = asyncio.run(wait_for_flow_run(run.id, timeout=int(timeout), log_states=True))
     except (AnswerRunNotFound, FlowRunWaitTimeout) as error:
         typer.echo(str(error), err=True)
