@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from .approvals import WaitMode, await_delivery, resume_expired_waits
 from .credentials import current_settings
 from .events import reply_decided, reply_queued
+from .inbound import ANSWER_RUN_NAME
 from .models import Email
 from .tasks import (
     Delivery,
@@ -173,7 +174,7 @@ def _skip_reason(audience: str, inbound: Email) -> str | None:
 
 @flow(
     name="answer-inbound",
-    flow_run_name="answer-{email_id}",
+    flow_run_name=ANSWER_RUN_NAME,
     retries=FLOW_RETRIES,
     retry_delay_seconds=FLOW_RETRY_DELAY_SECONDS,
 )

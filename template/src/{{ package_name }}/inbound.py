@@ -42,6 +42,11 @@ RUN_TAGS = ("multimail", "inbound")
 Verdict = Literal["answer", "not_inbound", "not_an_audience", "from_own_mailbox"]
 
 
+#: The name of that run (the flow's `flow_run_name`), given when the run is created, so the UI
+#: and `prefect flow-run ls` show which email a run answers before a worker picks it up.
+ANSWER_RUN_NAME = "answer-{email_id}"
+
+
 def run_key(email_id: str) -> str:
     """The idempotency key of the one run that answers `email_id` (webhook and reconcile)."""
     return f"answer-inbound:{email_id}"
@@ -132,6 +137,7 @@ async def start_answer(
         client=client,
         parameters={"email_id": email_id, "audience": audience},
         idempotency_key=run_key(email_id),
+        flow_run_name=ANSWER_RUN_NAME.format(email_id=email_id),
         tags=list(tags),
         as_subflow=False,
         timeout=0,

@@ -52,12 +52,12 @@ def inbound_email(mail_env: list[MailboxState], fake: FakeMultiMail, receiver: R
     return email_id
 
 
-def test_the_run_is_found_before_a_worker_names_it(
+def test_the_run_is_found_and_named_before_a_worker_picks_it_up(
     mail_env: list[MailboxState], fake: FakeMultiMail, receiver: Receiver, answer_deployment: UUID
 ) -> None:
     email_id = inbound_email(mail_env, fake, receiver)
     (run,) = runs_for(answer_deployment, email_id)
-    assert run.name != f"answer-{email_id}"  # the flow names its run only once it starts
+    assert run.name == f"answer-{email_id}"  # as the flow names it, though it has not started
 
     result = answer_run(email_id, "--timeout", "30")
     assert result.exit_code == 0, result.output
