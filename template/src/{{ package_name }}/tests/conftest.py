@@ -110,6 +110,17 @@ def approving_operator(operator_client: MultiMailClient) -> Iterator[Operator]:
     operator.stop()
 
 
+@pytest.fixture
+def rejecting_operator(operator_client: MultiMailClient) -> Iterator[Operator]:
+    """A human who rejects everything that waits, with the reason "not our tone"."""
+    operator = Operator(
+        operator_client, lambda item: ("reject", "not our tone"), echo=lambda _: None
+    )
+    operator.start()
+    yield operator
+    operator.stop()
+
+
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[None]:
     """One throwaway Prefect API for the session, heartbeats off (they add ~1 s per flow)."""

@@ -28,16 +28,6 @@ def _replies_address(states: list[MailboxState]) -> str:
     return next(state.address for state in states if state.audience == audience)
 
 
-@pytest.fixture
-def rejecting_operator(operator_client: MultiMailClient) -> Iterator[Operator]:
-    operator = Operator(
-        operator_client, lambda item: ("reject", "not our tone"), echo=lambda _: None
-    )
-    operator.start()
-    yield operator
-    operator.stop()
-
-
 def test_status_digest_reaches_the_team(
     mail_env: list[MailboxState], approving_operator: Operator, client: MultiMailClient
 ) -> None:
