@@ -4,8 +4,6 @@ operator thread) deciding what waits for approval.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from prefect import flow
 from prefect.settings import PREFECT_RESULTS_PERSIST_BY_DEFAULT, temporary_settings
