@@ -69,7 +69,16 @@ def test_agents_md_names_the_projects_own_command_and_audiences(render: Render) 
     for audience in THREE_AUDIENCES_DOCKER["audiences"]:
         assert f"| `{audience['name']}` | `{audience['mailbox']}` |" in agents
     assert "message_key" in agents
-    assert "opsmail.flows." in agents
+    # The recipe's new module, under this project's package...
+    assert "opsmail.weekly_summary.weekly_summary" in agents
+    # ...and every other path it names exists.
+    named = set(re.findall(r"`(src/[^`]+)`", agents))
+    assert "src/opsmail/tasks.py" in named
+    for path in named - {
+        "src/opsmail/weekly_summary.py",
+        "src/opsmail/tests/test_weekly_summary.py",
+    }:
+        assert (project / path).exists(), path
 
 
 @pytest.mark.slow
