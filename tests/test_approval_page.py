@@ -24,11 +24,11 @@ import pytest
 import yaml
 from axe_playwright_python.sync_playwright import Axe  # type: ignore[import-untyped]
 
+from .chromium import CHROMIUM, launched_chromium
 from .conftest import project_command
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MAILBOX = "support@demo.multimail.dev"
 HOSTILE = "<script>window.pwned = true</script>"
 WIDTHS = (1280, 390)
@@ -63,19 +63,8 @@ def _inbound(fake_url: str, subject: str, markdown: str) -> str:
 def browser() -> Iterator[Any]:
     if CHROMIUM is None:
         pytest.skip("no Chromium here: scripts/test installs Debian's `chromium` package")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-background-networking",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",  # containers often give /dev/shm only 64 MB
-            ],
-        )
-        yield browser
-        browser.close()
+    with launched_chromium() as launched:
+        yield launched
 
 
 def _screenshot(page: Any, tmp_path: Path, name: str) -> Path:

@@ -37,9 +37,9 @@ import httpx
 import pytest
 
 from .answers import DEFAULT, THREE_AUDIENCES_DOCKER, Answers
+from .chromium import CHROMIUM, launched_chromium
 from .conftest import REPO, Render, uv
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SHELL_FENCE = re.compile(r"^```shell\n(.*?)^```", re.MULTILINE | re.DOTALL)
 BACKGROUND = re.compile(r"\A# in another terminal; wait for: (.+)\n")
 #: The ports the tutorial names: the fake, the Prefect server, the receiver.
@@ -189,19 +189,8 @@ def browser() -> Iterator[Any]:
             pytest.fail("TUTORIAL_SCREENSHOTS is set but there is no Chromium to take them")
         yield None
         return
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-background-networking",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-            ],
-        )
-        yield browser
-        browser.close()
+    with launched_chromium() as launched:
+        yield launched
 
 
 def screenshot(browser: Any, url: str, path: Path, *wait_for: str) -> None:
