@@ -46,21 +46,26 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("gated_audience", "prefe
 
 @contextmanager
 def _serve(cwd: Path, env: dict[str, str]) -> Iterator[None]:
-    """`<project> serve` in its own process in `cwd`, polling the test server every second."""
+    """`<project> serve` in its own process in `cwd`, polling the test server every second.
+
+    Its output (and its flow runs') goes to `serve.log` in `cwd`: a pipe nobody reads would
+    block the runner and its runs once full."""
     package = __name__.rsplit(".", 2)[0]
-    process = subprocess.Popen(
-        [sys.executable, "-m", f"{package}.cli", "serve"],
-        cwd=cwd,
-        env={
-            **env,
-            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    log = cwd / "serve.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"{package}.cli", "serve"],
+            cwd=cwd,
+            env={
+                **env,
+                "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+                "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            },
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        _wait_for_deployment("answer-inbound/local", process)
+        _wait_for_deployment("answer-inbound/local", process, log)
         yield
     finally:
         process.terminate()
@@ -74,13 +79,12 @@ def served_flows(mail_env: list[MailboxState], tmp_path: Path) -> Iterator[None]
         yield
 
 
-def _wait_for_deployment(name: str, process: subprocess.Popen[bytes]) -> None:
+def _wait_for_deployment(name: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 60
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                errors = process.stderr.read().decode() if process.stderr else ""
-                pytest.fail(f"`serve` exited: {errors}")
+                pytest.fail(f"`serve` exited: {log.read_text(errors='replace')[-4000:]}")
             try:
                 client.read_deployment_by_name(name)
                 return
