@@ -43,14 +43,11 @@ def _suspend_later(run_id: UUID, after: float) -> threading.Thread:
     return thread
 
 
-def _history(run_id: UUID) -> list[str]:
-    """The names of the run's states, oldest first (the current one can be rewritten by a
-    retried forced state from `_suspend_later` on a busy server; the history cannot)."""
-
-    async def read() -> list[str]:
+def _state_name(run_id: UUID) -> str:
+    async def read() -> str:
         async with get_client() as client:
-            states = await client.read_flow_run_states(run_id)
-            return [str(state.name) for state in sorted(states, key=lambda s: s.timestamp)]
+            run = await client.read_flow_run(run_id)
+            return str(run.state.name) if run.state else "?"
 
     return asyncio.run(read())
 
@@ -62,13 +59,11 @@ def test_a_decision_waits_for_the_run_to_suspend_then_resumes_it(answer_deployme
     outcomes = asyncio.run(resume_waiters(EMAIL_ID, tags, settle_seconds=30))
     suspending.join()
     assert outcomes == {str(run_id): "resumed"}
-    history = _history(run_id)
-    # Scheduled again once it had suspended: a worker picks it up.
-    assert history.index("Resuming") > history.index("Suspended"), history
+    assert _state_name(run_id) == "Resuming"  # scheduled again: a worker picks it up
 
 
 def test_without_settling_the_decision_is_left_to_a_redelivery(answer_deployment: UUID) -> None:
     run_id = asyncio.run(_running_run(answer_deployment))
     outcome = asyncio.run(resume_waiting_run(str(run_id), EMAIL_ID))
     assert outcome == "not_suspended_yet"  # the receiver answers 503: MultiMail retries
-    assert _history(run_id)[-1] == "Running"
+    assert _state_name(run_id) == "Running"
