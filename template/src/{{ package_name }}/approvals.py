@@ -33,7 +33,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 from uuid import UUID
 
-import anyio
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
@@ -61,10 +60,6 @@ FLOW_RUN_TAG = "prefect-flow-run"
 BACKSTOP = timedelta(hours=1)
 #: Paused runs read per request by the expiry sweep.
 PAGE_SIZE = 200
-#: How long a decision waits for a run still on its way to suspending (it tagged the email,
-#: then looked once more, then suspends): a decision made in that moment resumes it as soon as
-#: it has suspended, instead of depending on MultiMail's few redeliveries of the webhook.
-SETTLE_SECONDS = 30.0
 
 
 def pause_key_prefix() -> str:
@@ -151,29 +146,18 @@ async def _was_suspended(client: PrefectClient, run_id: UUID, key: str) -> bool:
     return any(state.is_paused() and state.state_details.pause_key == key for state in states)
 
 
-async def resume_waiting_run(
-    flow_run_id: str, email_id: str, *, settle_seconds: float = 0.0
-) -> ResumeOutcome:
+async def resume_waiting_run(flow_run_id: str, email_id: str) -> ResumeOutcome:
     """Resume the flow run `flow_run_id` if it is suspended on the decision about `email_id`.
 
     `resumed` also answers a repeated request for a run that was resumed already (say, a
-    redelivered webhook); `not_suspended_yet` means the run is still on its way to suspending
-    after `settle_seconds` of waiting for it; `wrong_email` that the run waits for something
-    else (a stale or forged tag): not touched.
+    redelivered webhook); `not_suspended_yet` means the run is still on its way to suspending;
+    `wrong_email` that the run waits for something else (a stale or forged tag): not touched.
     """
     try:
         run_id = UUID(flow_run_id)
     except ValueError:
         return "unknown_run"
     key = pause_key(email_id)
-    with anyio.move_on_after(settle_seconds):
-        while (outcome := await _resume(run_id, key)) == "not_suspended_yet":
-            await anyio.sleep(0.25)
-        return outcome
-    return await _resume(run_id, key)
-
-
-async def _resume(run_id: UUID, key: str) -> ResumeOutcome:
     async with get_client() as client:
         try:
             run = await client.read_flow_run(run_id)
@@ -195,16 +179,9 @@ async def _resume(run_id: UUID, key: str) -> ResumeOutcome:
         return "resumed" if await _was_suspended(client, run_id, key) else "not_suspended_yet"
 
 
-async def resume_waiters(
-    email_id: str, tags: Mapping[str, object], *, settle_seconds: float = SETTLE_SECONDS
-) -> dict[str, ResumeOutcome]:
-    """Resume every run the email's tags name as waiting for `email_id`: `{run id: outcome}`.
-
-    A run still on its way to suspending is waited for, up to `settle_seconds`."""
-    return {
-        run_id: await resume_waiting_run(run_id, email_id, settle_seconds=settle_seconds)
-        for run_id in waiting_runs(tags)
-    }
+async def resume_waiters(email_id: str, tags: Mapping[str, object]) -> dict[str, ResumeOutcome]:
+    """Resume every run the email's tags name as waiting for `email_id`: `{run id: outcome}`."""
+    return {run_id: await resume_waiting_run(run_id, email_id) for run_id in waiting_runs(tags)}
 
 
 async def _paused_runs(client: PrefectClient, page_size: int) -> list[FlowRun]:

@@ -8,9 +8,8 @@ MultiMail's oversight events (`provision --webhook-url`).
 Every delivery is checked before anything in it is trusted: `X-MultiMail-Signature` must be
 `sha256=` + the HMAC-SHA256 of the raw body keyed with the subscription's signing secret,
 compared in constant time. Repeated deliveries (same delivery id) are answered but not acted on
-twice. A decision that arrives while its flow run is still on its way to suspending waits for
-it (up to `approvals.SETTLE_SECONDS`); past that, a non-2xx answer makes MultiMail retry the
-delivery later.
+twice. A non-2xx answer makes MultiMail retry the delivery later, which is what the receiver
+asks for when the flow run has not finished suspending yet.
 """
 
 from __future__ import annotations
