@@ -91,11 +91,15 @@ def check_common(
         assert [s["timezone"] for s in schedules] == [
             s.get("timezone", "UTC") for s in written.get("schedules") or []
         ]
-        limit = deployment["global_concurrency_limit"]
-        assert (limit and limit["limit"]) == written.get("concurrency_limit")
+        # No deployment concurrency limit: its leases leak across a server restart.
+        assert deployment["global_concurrency_limit"] is None
         assert deployment["work_pool_name"] == answers["work_pool_name"]
+        assert deployment["work_queue_name"] == written["work_pool"].get(
+            "work_queue_name", "default"
+        )
         assert deployment["job_variables"]["env"] == {
-            "MULTIMAIL_API_KEY_BLOCK": answers["api_key_block"]
+            "MULTIMAIL_API_KEY_BLOCK": answers["api_key_block"],
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
         }
         assert deployment["parameters"] == written.get("parameters", {})
         stored = json.dumps(deployment)
@@ -108,8 +112,11 @@ def check_common(
     assert digest["entrypoint"] == f"{package}.flows.status_digest"
     assert [s["schedule"]["cron"] for s in digest["schedules"]] == [answers["digest_schedule"]]
     expire = by_name[f"expire-approval-waits{suffix}"]
-    assert [s["schedule"]["interval"] for s in expire["schedules"]] == [900.0]
-    assert by_name[f"answer-inbound{suffix}"]["global_concurrency_limit"]["limit"] == 4
+    assert [s["schedule"]["interval"] for s in expire["schedules"]] == [120.0]
+    reconcile = by_name[f"reconcile-inbound{suffix}"]
+    assert [s["schedule"]["interval"] for s in reconcile["schedules"]] == [120.0]
+    answer = by_name[f"answer-inbound{suffix}"]
+    assert answer["work_queue_name"] == f"{answers['project_slug']}-answer-inbound"
 
 
 def test_process_deployments_record_no_path_and_read_back(

@@ -1,10 +1,15 @@
-"""`setup`: store the MultiMail secrets in the Prefect Secret blocks that deployed runs read.
+"""`setup`: store the MultiMail secrets in the Prefect Secret blocks that deployed runs read, and
+limit the answer-inbound work queue.
 
 Each value comes from its environment variable (or the git-ignored `.env`) or, when that is
 unset, from a hidden prompt; no value is ever printed. Saving overwrites the block, so running
 setup again with the same values changes nothing, and with new values rotates them. The block
 names come from settings (`api_key_block`, `webhook_secret_block`), the same ones the flows and
 the receiver load at run time (see `credentials.py`).
+
+answer-inbound's concurrency is the limit of its own work queue (prefect.yaml names it; the
+limit is `answer_concurrency_limit` in settings.toml): Prefect derives a queue's free slots from
+its runs' states, so nothing stays held when a process dies or the Prefect server restarts.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from pydantic import SecretStr
 from .settings import Settings
 
 SaveOutcome = Literal["created", "updated", "unchanged", "kept", "skipped"]
+#: The deployment whose work queue `setup` limits.
+LIMITED_DEPLOYMENT = "answer-inbound"
 
 
 class SetupError(RuntimeError):
@@ -141,3 +148,43 @@ def setup_secrets(
         outcomes[slot.block] = outcome
         echo(f"[{outcome}] Secret block {slot.block!r}: {slot.what} from {source}")
     return outcomes
+
+
+def limit_answer_queue(settings: Settings, *, echo: Callable[[str], None]) -> SaveOutcome:
+    """Create or update answer-inbound's work queue with `answer_concurrency_limit`.
+
+    `skipped` (with what to do) when prefect.yaml's work pool does not exist yet: `serve` needs
+    none, and `prefect deploy` would create the queue without a limit, so run setup again once
+    the pool exists.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from .local_deployments import deployment_config
+
+    work_pool = deployment_config(LIMITED_DEPLOYMENT).get("work_pool") or {}
+    pool, queue = str(work_pool.get("name")), str(work_pool.get("work_queue_name") or "default")
+    limit = settings.answer_concurrency_limit
+    what = f"work queue {queue!r} of pool {pool!r}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            echo(
+                f"[skipped] {what}: no such work pool yet. Create it "
+                f"(`prefect work-pool create {pool} --type ...`), then run setup again to limit "
+                f"{LIMITED_DEPLOYMENT} to {limit} runs at once"
+            )
+            return "skipped"
+        try:
+            existing = client.read_work_queue_by_name(queue, work_pool_name=pool)
+        except ObjectNotFound:
+            client.create_work_queue(name=queue, work_pool_name=pool, concurrency_limit=limit)
+            outcome: SaveOutcome = "created"
+        else:
+            outcome = "unchanged"
+            if existing.concurrency_limit != limit:
+                client.update_work_queue(existing.id, concurrency_limit=limit)
+                outcome = "updated"
+    echo(f"[{outcome}] {what}: at most {limit} {LIMITED_DEPLOYMENT} runs at once")
+    return outcome

@@ -103,12 +103,13 @@ def setup(
         bool, typer.Option(help="Also store the webhook signing secret.")
     ] = True,
 ) -> None:
-    """Create or update the Prefect Secret blocks of the API key and webhook signing secret.
+    """Create or update the Prefect Secret blocks of the API key and webhook signing secret,
+    and the limit of answer-inbound's work queue (answer_concurrency_limit in settings.toml).
 
     Values come from MULTIMAIL_API_KEY / MULTIMAIL_WEBHOOK_SECRET (or .env), else from a hidden
     prompt; they are never printed. Needs PREFECT_API_URL pointing at your Prefect server.
     """
-    from .blocks import SetupError, setup_secrets
+    from .blocks import SetupError, limit_answer_queue, setup_secrets
     from .credentials import current_settings
 
     def ask(label: str) -> str:
@@ -118,7 +119,9 @@ def setup(
             return ""
 
     try:
-        setup_secrets(current_settings(), ask=ask, echo=typer.echo, webhook_secret=webhook_secret)
+        settings = current_settings()
+        setup_secrets(settings, ask=ask, echo=typer.echo, webhook_secret=webhook_secret)
+        limit_answer_queue(settings, echo=typer.echo)
     except SetupError as error:
         typer.echo(f"setup failed: {error}", err=True)
         raise typer.Exit(1) from None
@@ -126,13 +129,19 @@ def setup(
 
 @app.command()
 def serve() -> None:
-    """Serve the deployments of prefect.yaml locally (no work pool), with their schedules and
-    concurrency limits, as `<flow>/local`: runs, suspends and resumes them."""
+    """Serve the deployments of prefect.yaml locally (no work pool), with their schedules, as
+    `<flow>/local`: runs, suspends and resumes them, at most answer_concurrency_limit answer
+    runs (plus one per other deployment) at a time."""
     from prefect import serve as serve_deployments
 
+    from .credentials import current_settings
     from .local_deployments import served_deployments
 
-    serve_deployments(*served_deployments())
+    # Heartbeats let reconcile-inbound tell a dead run from a slow one (as in prefect.yaml).
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
+    deployments = served_deployments()
+    limit = current_settings().answer_concurrency_limit + len(deployments) - 1
+    serve_deployments(*deployments, limit=limit)
 
 
 @app.command()
@@ -222,21 +231,52 @@ def receiver_serve(
     ] = "answer-inbound/answer-inbound",
 ) -> None:
     """Receive MultiMail webhooks: start one answer-inbound run per inbound email, and resume
-    the flow runs that wait for a decision."""
+    the flow runs that wait for a decision.
+
+    It starts while Prefect or MultiMail is down: the signing secret and the API key (each from
+    its environment variable, else its Prefect Secret block) are loaded on the first delivery
+    that needs them, and a delivery is answered 503 until they can be, so MultiMail retries it.
+    """
+    import copy
+    import logging.config
+
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     from .credentials import current_settings, resolve_webhook_secret, shared_client
     from .inbound import InboundStarter, MailboxDirectory
+    from .models import Mailbox
     from .receiver import create_receiver
 
-    settings, client = current_settings(), shared_client()
-    starter = InboundStarter(
-        MailboxDirectory(settings, client.list_mailboxes), deployment=deployment
-    )
+    settings = current_settings()
+
+    def list_mailboxes() -> list[Mailbox]:
+        return shared_client().list_mailboxes()
+
+    def read_tags(mailbox_id: str, email_id: str) -> dict[str, str]:
+        return shared_client().get_tags(mailbox_id, email_id)
+
+    starter = InboundStarter(MailboxDirectory(settings, list_mailboxes), deployment=deployment)
     app_ = create_receiver(
-        resolve_webhook_secret(settings), read_tags=client.get_tags, handlers=starter.handlers()
+        lambda: resolve_webhook_secret(settings), read_tags=read_tags, handlers=starter.handlers()
     )
-    uvicorn.run(app_, host=host, port=port, access_log=False)
+    # The receiver's own lines, in uvicorn's format, beside uvicorn's.
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    package = __name__.rpartition(".")[0]
+    log_config["loggers"][package] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    logging.config.dictConfig(log_config)
+
+    def origin(from_env: object, variable: str, block: str) -> str:
+        return variable if from_env else f"the Prefect Secret block {block!r}"
+
+    logging.getLogger(package).info(
+        "the webhook signing secret (from %s) and the MultiMail API key (from %s) are loaded "
+        "on the first delivery that needs them: until then such a delivery is answered 503 "
+        "and MultiMail retries it",
+        origin(settings.webhook_secret, "MULTIMAIL_WEBHOOK_SECRET", settings.webhook_secret_block),
+        origin(settings.api_key, "MULTIMAIL_API_KEY", settings.api_key_block),
+    )
+    uvicorn.run(app_, host=host, port=port, access_log=False, log_config=log_config)
 
 
 @fake_app.command("serve")

@@ -19,7 +19,7 @@ from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
 
-from .approvals import WaitMode, await_delivery, resume_expired_waits
+from .approvals import WaitMode, await_delivery, resume_settled_waits
 from .credentials import current_settings
 from .events import reply_decided, reply_queued
 from .inbound import ANSWER_RUN_NAME
@@ -240,12 +240,14 @@ def answer_inbound(
 
 @flow(name="expire-approval-waits")
 async def expire_approval_waits() -> list[str]:
-    """Wake the runs suspended on a decision for longer than approval_timeout_seconds.
+    """Wake the runs suspended on a decision that is over: decided while no webhook reached
+    the receiver (it was down longer than MultiMail's retries), or pending for longer than
+    approval_timeout_seconds, in which case the run cancels its email and reports `timed_out`.
 
-    Each one cancels its still-pending email and reports `timed_out`. Scheduled every 15
-    minutes in prefect.yaml and by `serve`.
+    Scheduled every 2 minutes in prefect.yaml and by `serve`, so a decision the receiver
+    missed continues its run within minutes, not at the approval timeout.
     """
-    resumed = await resume_expired_waits()
+    resumed = await resume_settled_waits()
     if resumed:
-        get_run_logger().info("Resumed %d expired approval wait(s): %s", len(resumed), resumed)
+        get_run_logger().info("Resumed %d settled approval wait(s): %s", len(resumed), resumed)
     return resumed

@@ -56,11 +56,23 @@ def load_flow(entrypoint: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
+def deployment_configs(path: Path | None = None) -> list[dict[str, Any]]:
+    """The `deployments:` entries of prefect.yaml, as written there."""
+    return list(yaml.safe_load((path or prefect_yaml()).read_text())["deployments"])
+
+
+def deployment_config(name: str, path: Path | None = None) -> dict[str, Any]:
+    """The prefect.yaml entry of deployment `name`."""
+    for deployment in deployment_configs(path):
+        if deployment["name"] == name:
+            return deployment
+    raise LookupError(f"prefect.yaml has no deployment named {name!r}")
+
+
 def served_deployments(path: Path | None = None) -> list[RunnerDeployment]:
     """Every deployment of prefect.yaml, with its schedules, concurrency, tags and parameters."""
-    config = yaml.safe_load((path or prefect_yaml()).read_text())
     served = []
-    for deployment in config["deployments"]:
+    for deployment in deployment_configs(path):
         limit = deployment.get("concurrency_limit")
         served.append(
             RunnerDeployment.from_flow(

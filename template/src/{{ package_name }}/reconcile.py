@@ -1,33 +1,63 @@
-"""Nothing lost when a webhook is: `reconcile-inbound` starts the runs no webhook started.
+"""Every inbound email gets its answer: `reconcile-inbound` starts or re-runs what nothing will.
 
-MultiMail gives up on a delivery after a few attempts, and a receiver can be down longer than
-that. This scheduled flow lists each answering audience's recent inbound mail, keeps what no
-run has handled yet (no `state` tag: `answer-inbound` tags every email it touches, answered or
-skipped) and passes the same guards as the receiver (`inbound.MailboxDirectory`). For each it
-asks for the run of answer-inbound with the same idempotency key as the receiver, so an email
-whose webhook did arrive, or whose run is still queued, gets the run it already has: a message
-whose webhook never arrived is answered, none twice.
+MultiMail gives up on a delivery after a few attempts, a receiver can be down longer than that,
+and a run can die with its process (a killed worker, a lost machine): Prefect re-runs a Failed
+run through the flow's retries, never a Crashed one, and a run left Pending or Running with no
+process stays so. This scheduled flow lists each answering audience's recent inbound mail and
+keeps what has no final outcome recorded (`state` = `reply-<outcome>`: answer-inbound records
+one on every email it handles) and passes the same guards as the receiver
+(`inbound.MailboxDirectory`). For each, it looks at the run keyed `answer-inbound:<email id>`:
+
+- no run: it asks for one, with the same idempotency key as the receiver, so a webhook that
+  arrives meanwhile lands on the same run;
+- a run that ended without an outcome (Crashed, Failed after its retries), or one whose process
+  is gone (Pending for longer than `STUCK_PENDING`, Running with no heartbeat for three
+  heartbeat periods): it marks it Crashed and schedules *that* run again, as the UI's Retry does;
+- anything else (scheduled, running, suspended on a decision, cancelled by someone): left alone.
+
+Re-running is safe: the reply's idempotency key comes from the inbound email, and the flow reads
+what an earlier attempt recorded on the email's tags before it does anything.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from prefect import flow, get_run_logger
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.events.filters import (
+    EventFilter,
+    EventNameFilter,
+    EventOccurredFilter,
+    EventResourceFilter,
+)
 from prefect.runtime import deployment as this_deployment
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+from prefect.states import Crashed, Scheduled
 
+from .answer_runs import find_answer_run
 from .credentials import current_settings, shared_client
+from .flows import FINAL_OUTCOMES, STATE_TAG
 from .inbound import ANSWER_INBOUND_DEPLOYMENT, RUN_TAGS, MailboxDirectory, start_answer
 from .local_deployments import LOCAL_NAME
 from .settings import OversightMode
 from .tasks import mail_task
 
-#: The tag `answer-inbound` sets on every inbound email it handles (answering, answered,
-#: skipped): such an email needs no run from here.
-HANDLED_TAG = "state"
 #: Statuses of inbound mail a run may answer (not held for approval, quarantined or deleted).
 ANSWERABLE_STATUSES = frozenset({"unread", "read"})
+#: A run Pending this long has no process: a worker claimed it and died before starting it
+#: (starting a flow run's process takes seconds).
+STUCK_PENDING = timedelta(minutes=3)
+#: A Running run is gone when Prefect saw no heartbeat from it for this many periods
+#: (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, 30 s in prefect.yaml's job variables and `serve`).
+MISSED_HEARTBEATS = 3
+#: Runs (each retry counts) after which a run is not scheduled again: an email whose run keeps
+#: failing waits for a person, who sees the Failed run and its logs.
+MAX_RUN_COUNT = 20
+
+Action = Literal["started", "rescheduled", "waiting"]
 
 
 def _received(value: str | None) -> datetime | None:
@@ -37,9 +67,15 @@ def _received(value: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def has_outcome(tags: dict[str, str]) -> bool:
+    """Whether answer-inbound recorded a final outcome on an inbound email's tags."""
+    state = tags.get(STATE_TAG, "")
+    return state.startswith("reply-") and state.removeprefix("reply-") in FINAL_OUTCOMES
+
+
 @mail_task
-def unhandled_inbound(audience: str, since: datetime) -> list[str]:
-    """Ids of the audience's inbound emails since `since` that no run has handled, oldest
+def unanswered_inbound(audience: str, since: datetime) -> list[str]:
+    """Ids of the audience's inbound emails since `since` with no outcome recorded, oldest
     first. Reads tags, never the emails themselves (reading one marks it read)."""
     client = shared_client()
     settings = current_settings()
@@ -55,9 +91,75 @@ def unhandled_inbound(audience: str, since: datetime) -> list[str]:
         verdict, _ = directory.verdict(mailbox_id=mailbox, direction="inbound", sender=email.sender)
         if verdict != "answer":
             continue
-        if HANDLED_TAG not in client.get_tags(mailbox, email.id):
+        if not has_outcome(client.get_tags(mailbox, email.id)):
             found.append(email.id)
     return found[::-1]
+
+
+async def _heartbeat_since(client: PrefectClient, run: FlowRun, since: datetime) -> bool:
+    page = await client.read_events(
+        filter=EventFilter(
+            occurred=EventOccurredFilter(since=since),
+            event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+            resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"]),
+        ),
+        limit=1,
+    )
+    return bool(page.events)
+
+
+async def why_dead(client: PrefectClient, run: FlowRun, now: datetime) -> str | None:
+    """Why `run` will never finish by itself (so it must run again), or None."""
+    state = run.state
+    if state is None:
+        return None
+    age = now - state.timestamp
+    if state.type in (StateType.CRASHED, StateType.FAILED, StateType.COMPLETED):
+        return f"it ended {state.name} without recording an outcome"
+    if state.type == StateType.PENDING and age > STUCK_PENDING:
+        return f"it has been Pending for {age.total_seconds():.0f} s with no process"
+    frequency = PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value()
+    if state.type == StateType.RUNNING and frequency is not None:
+        silence = timedelta(seconds=MISSED_HEARTBEATS * frequency)
+        if age > silence and not await _heartbeat_since(client, run, now - silence):
+            return f"no heartbeat for {silence.total_seconds():.0f} s"
+    return None
+
+
+async def run_again(client: PrefectClient, run: FlowRun, reason: str) -> None:
+    """Record that `run` is dead (Crashed, unless it ended already) and schedule it again now.
+
+    Forced: Prefect's rules refuse to move a final run back, and only this sweep knows that its
+    process is gone. A live process of the same run, if one were only slow, is harmless: the
+    reply's key and the email's tags keep the answer single.
+    """
+    message = f"reconcile-inbound: {reason}"
+    if run.state is not None and not run.state.is_final():
+        await client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+    await client.set_flow_run_state(
+        run.id, Scheduled(name="AwaitingRetry", message=message), force=True
+    )
+
+
+async def reconcile_email(
+    client: PrefectClient, email_id: str, audience: str, deployment: str, now: datetime
+) -> tuple[Action, FlowRun]:
+    """Start, re-run or leave the answer-inbound run of one unanswered email."""
+    run = await find_answer_run(client, email_id)
+    if run is None:
+        tags = (*RUN_TAGS, "reconciled")
+        return "started", await start_answer(
+            client, email_id, audience, deployment=deployment, tags=tags
+        )
+    reason = await why_dead(client, run, now)
+    if reason is None or run.run_count >= MAX_RUN_COUNT:
+        if reason is not None:
+            get_run_logger().warning(
+                "Not running %s again (%d runs so far): %s", run.name, run.run_count, reason
+            )
+        return "waiting", run
+    await run_again(client, run, reason)
+    return "rescheduled", run
 
 
 def answer_deployment() -> str:
@@ -72,26 +174,26 @@ def answer_deployment() -> str:
 async def reconcile_inbound(
     deployment: str | None = None, lookback_hours: float = 24.0
 ) -> dict[str, str]:
-    """Start (or find) the answer-inbound run of every recent inbound email no run handled.
+    """Make sure every recent inbound email no run answered yet has a live answer-inbound run.
 
-    Returns email id → flow run id. Scheduled every 10 minutes in prefect.yaml and by `serve`;
-    `lookback_hours` bounds how far back it looks (MultiMail lists newest first).
-    `deployment`: FLOW/DEPLOYMENT of answer-inbound (default: `answer_deployment()`).
+    Returns email id → flow run id for each such email. Scheduled every 2 minutes in
+    prefect.yaml and by `serve`; `lookback_hours` bounds how far back it looks (MultiMail lists
+    newest first). `deployment`: FLOW/DEPLOYMENT of answer-inbound (default:
+    `answer_deployment()`), for the runs it starts.
     """
     deployment = deployment or answer_deployment()
     settings = current_settings()
-    since = datetime.now(UTC) - timedelta(hours=lookback_hours)
+    now = datetime.now(UTC)
+    since = now - timedelta(hours=lookback_hours)
     log = get_run_logger()
     runs: dict[str, str] = {}
     async with get_client() as client:
         for name, audience in settings.audiences.items():
             if audience.oversight_mode == OversightMode.READ_ONLY:
                 continue
-            for email_id in unhandled_inbound(name, since):
-                run = await start_answer(
-                    client, email_id, name, deployment=deployment, tags=(*RUN_TAGS, "reconciled")
-                )
+            for email_id in unanswered_inbound(name, since):
+                action, run = await reconcile_email(client, email_id, name, deployment, now)
                 runs[email_id] = str(run.id)
-    if runs:
-        log.info("%d inbound email(s) had no handled run; their runs: %s", len(runs), runs)
+                if action != "waiting":
+                    log.info("%s: %s run %s", email_id, action, run.id)
     return runs

@@ -11,9 +11,10 @@ import pytest
 from .. import credentials
 from ..client import MultiMailClient
 from ..fake import FakeMultiMail
+from ..flows import STATE_TAG
 from ..inbound import run_key
 from ..provision import MailboxState
-from ..reconcile import HANDLED_TAG, reconcile_inbound
+from ..reconcile import reconcile_inbound
 from ..settings import OversightMode
 from .inbound_support import (
     DEPLOYMENT,
@@ -93,7 +94,7 @@ def test_handled_or_own_mail_is_left_alone(
     handled = fake.deliver_inbound(
         to=state.address, sender="ada@example.com", subject="Done", markdown="Answered"
     )
-    client.set_tags(state.mailbox_id, handled, {HANDLED_TAG: "reply-sent"})
+    client.set_tags(state.mailbox_id, handled, {STATE_TAG: "reply-sent"})
     own = fake.deliver_inbound(
         to=state.address, sender=mail_env[-1].address, subject="Loop", markdown="Status"
     )

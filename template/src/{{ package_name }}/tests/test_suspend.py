@@ -30,7 +30,7 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from .. import credentials
-from ..approvals import resume_expired_waits, resume_waiting_run
+from ..approvals import resume_settled_waits, resume_waiting_run
 from ..cli import app
 from ..client import MultiMailClient
 from ..demo import Operator
@@ -191,9 +191,9 @@ def test_an_expired_wait_is_woken_cancelled_and_reported_timed_out(
     served_flows: None,
 ) -> None:
     inbound, run_id = _suspended_answer(fake, mail_env, "Nobody answers")
-    assert asyncio.run(resume_expired_waits(older_than_seconds=3600)) == []  # not due yet
+    assert asyncio.run(resume_settled_waits(expired_after_seconds=3600)) == []  # not due yet
     time.sleep(1.5)
-    assert asyncio.run(resume_expired_waits(older_than_seconds=1)) == [str(run_id)]
+    assert asyncio.run(resume_settled_waits(expired_after_seconds=1)) == [str(run_id)]
     finished = _wait_for_state(run_id, final=True)
     assert finished.state is not None
     assert finished.state.is_completed()
@@ -380,7 +380,7 @@ def test_the_expiry_sweep_pages_through_every_paused_run_and_only_this_projects(
 
     mine = asyncio.run(suspend_runs(own, 3))
     theirs = asyncio.run(suspend_runs(f"other-{own}", 2))
-    resumed = asyncio.run(resume_expired_waits(older_than_seconds=0, page_size=2))
+    resumed = asyncio.run(resume_settled_waits(expired_after_seconds=0, page_size=2))
     assert set(mine) <= set(resumed)
     assert not set(theirs) & set(resumed)
     with get_client(sync_client=True) as prefect:
