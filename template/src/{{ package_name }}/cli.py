@@ -247,6 +247,7 @@ def receiver_serve(
     from .inbound import InboundStarter, MailboxDirectory
     from .models import Mailbox
     from .receiver import create_receiver
+    from .receiver import log as receiver_log
 
     settings = current_settings()
 
@@ -262,14 +263,17 @@ def receiver_serve(
     )
     # The receiver's own lines, in uvicorn's format, beside uvicorn's.
     log_config = copy.deepcopy(LOGGING_CONFIG)
-    package = __name__.rpartition(".")[0]
-    log_config["loggers"][package] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    log_config["loggers"][receiver_log.name] = {
+        "handlers": ["default"],
+        "level": "INFO",
+        "propagate": False,
+    }
     logging.config.dictConfig(log_config)
 
     def origin(from_env: object, variable: str, block: str) -> str:
         return variable if from_env else f"the Prefect Secret block {block!r}"
 
-    logging.getLogger(package).info(
+    receiver_log.info(
         "the webhook signing secret (from %s) and the MultiMail API key (from %s) are loaded "
         "on the first delivery that needs them: until then such a delivery is answered 503 "
         "and MultiMail retries it",
