@@ -162,7 +162,11 @@ def limit_answer_queue(settings: Settings, *, echo: Callable[[str], None]) -> Sa
 
     from .local_deployments import deployment_config
 
-    work_pool = deployment_config(LIMITED_DEPLOYMENT).get("work_pool") or {}
+    try:
+        work_pool = deployment_config(LIMITED_DEPLOYMENT).get("work_pool") or {}
+    except (FileNotFoundError, LookupError) as error:
+        echo(f"[skipped] the {LIMITED_DEPLOYMENT} work queue's limit: {error}")
+        return "skipped"
     pool, queue = str(work_pool.get("name")), str(work_pool.get("work_queue_name") or "default")
     limit = settings.answer_concurrency_limit
     what = f"work queue {queue!r} of pool {pool!r}"
@@ -171,9 +175,9 @@ def limit_answer_queue(settings: Settings, *, echo: Callable[[str], None]) -> Sa
             client.read_work_pool(pool)
         except ObjectNotFound:
             echo(
-                f"[skipped] {what}: no such work pool yet. Create it "
-                f"(`prefect work-pool create {pool} --type ...`), then run setup again to limit "
-                f"{LIMITED_DEPLOYMENT} to {limit} runs at once"
+                f"[skipped] {what}: no such work pool yet (`serve` needs none). To deploy, "
+                f"create it (`prefect work-pool create {pool} --type ...`), then run setup again "
+                f"to limit {LIMITED_DEPLOYMENT} to {limit} runs at once"
             )
             return "skipped"
         try:

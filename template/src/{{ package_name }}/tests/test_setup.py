@@ -9,11 +9,15 @@ from typing import cast
 
 import pytest
 from prefect.blocks.system import Secret
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from typer.testing import CliRunner
 
 from .. import credentials
+from ..blocks import LIMITED_DEPLOYMENT
 from ..cli import app
+from ..local_deployments import deployment_config
 
 # Built at run time: no key-shaped literal in the repository for secret scanners to flag.
 API_KEY = "mm_live_" + "5e7" * 8
@@ -125,3 +129,40 @@ def test_setup_names_prefect_api_url_when_no_server_answers(
     assert code == 1
     assert "PREFECT_API_URL" in output
     assert API_KEY not in output
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_setup_limits_the_answer_inbound_work_queue_once_the_pool_exists(
+    settings_env: pytest.MonkeyPatch,
+) -> None:
+    """answer-inbound's concurrency is its work queue's limit, which Prefect derives from the
+    queue's run states (nothing to leak when a process dies or the server restarts)."""
+    unique_blocks(settings_env, "queue")
+    settings_env.setenv("MULTIMAIL_API_KEY", API_KEY)
+    work_pool = deployment_config(LIMITED_DEPLOYMENT)["work_pool"]
+    pool, queue = work_pool["name"], work_pool["work_queue_name"]
+
+    def limit(value: int) -> tuple[int, str]:
+        settings_env.setenv("MULTIMAIL_ANSWER_CONCURRENCY_LIMIT", str(value))
+        credentials.reset()
+        return setup("--no-webhook-secret")
+
+    code, output = limit(3)
+    assert code == 0, output
+    assert f"[skipped] work queue {queue!r} of pool {pool!r}: no such work pool" in output
+    assert f"prefect work-pool create {pool}" in output
+
+    with get_client(sync_client=True) as prefect:
+        prefect.create_work_pool(WorkPoolCreate(name=pool, type="process"), overwrite=True)
+        try:
+            for value, outcome in ((3, "created"), (3, "unchanged"), (5, "updated")):
+                code, output = limit(value)
+                assert code == 0, output
+                assert f"[{outcome}] work queue {queue!r} of pool {pool!r}: at most {value}" in (
+                    output
+                )
+                found = prefect.read_work_queue_by_name(queue, work_pool_name=pool)
+                assert found.concurrency_limit == value
+        finally:
+            prefect.delete_work_pool(pool)
