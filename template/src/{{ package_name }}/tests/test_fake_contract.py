@@ -414,6 +414,7 @@ def test_identical_send_without_key_within_60_seconds_is_409(
     assert send(agent, mailbox, idempotency_key="k1").status_code == 202
     fake_http.post("/_fake/clock/advance", json={"seconds": 61})
     assert send(agent, mailbox).status_code == 202
+    assert send(agent, mailbox).status_code == 409  # a new window from the one just accepted
 
 
 def test_identical_reply_within_60_seconds_is_409(
