@@ -181,6 +181,14 @@ def test_a_decision_no_webhook_delivered_continues_the_run_at_the_next_sweep(
     assert _state(waiting).is_paused()  # undecided and not expired: left waiting
     assert _inbound_state(client, other_inbound) == "awaiting-decision"
 
+    other_reply = _inbound_tags(client, other_inbound)["reply_id"]
+    operator_client.decide(other_reply, "reject")
+    assert asyncio.run(resume_settled_waits()) == [str(waiting)]
+    finished = _wait_for_state(waiting, final=True)
+    assert finished.state is not None
+    assert finished.state.is_completed(), finished.state
+    assert _inbound_state(client, other_inbound) == "reply-rejected"
+
 
 @pytest.fixture
 def unserved_local_deployment() -> None:
