@@ -3,6 +3,12 @@
 One `fake serve` process per transport (plain HTTP, then TLS); the Prefect patterns run on a
 throwaway local SQLite server (`prefect_test_harness`). The fake is reset between patterns, so
 each starts from an empty mailbox. Each pattern's sends are checked: every message exactly once.
+
+Then, on the first transport, in the same process and without any reset: the patterns in more
+than one order (`--orders`), each step timed from inside its flow (the send path's own rate)
+and from the flow call (what the next flow run waited for Prefect's server before it started),
+and the cost of a task run (`--overhead-rounds`): a mail task against a plain `@task` making the
+same HTTP call and against the bare call, and the Prefect server CPU each task run costs.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import importlib
+import logging
 import os
 import pstats
 import re
@@ -21,6 +28,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +37,71 @@ from typing import Any
 import httpx
 
 LOCKED = "database is locked"
+
+
+class Busy503:
+    """Counts the Prefect API's 503 answers (a SQLite lock), which Prefect 3.9 never prints.
+
+    The server drops its own 'database is locked' log lines unless
+    PREFECT_SERVER_LOG_RETRYABLE_ERRORS is set, and its client retries a 503 after 2, 4, 8, 16 s,
+    logging that at DEBUG only: this filter on the client's logger counts those retries and
+    keeps the DEBUG records out of the output.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+        client = logging.getLogger("prefect.client")
+        client.setLevel(logging.DEBUG)
+        client.addFilter(self._filter)
+
+    def _filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        if "retryable status code 503" in record.getMessage():
+            with self._lock:
+                self.count += 1
+        return False
+
+
+class ServerCPU:
+    """CPU seconds used so far by the Prefect server subprocess (Linux /proc; 0 elsewhere)."""
+
+    def __init__(self) -> None:
+        self.pid = self._find()
+
+    @staticmethod
+    def _find() -> int | None:
+        for entry in Path("/proc").glob("[0-9]*"):
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == os.getpid() and "uvicorn" in command and "prefect" in command:
+                return int(entry.name)
+        return None
+
+    def seconds(self) -> float:
+        if self.pid is None:
+            return 0.0
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def wait_idle(self, limit: float = 180.0) -> float:
+        """Wait until the server uses under 5% of a core for a second; returns the seconds."""
+        started = time.perf_counter()
+        last = self.seconds()
+        while time.perf_counter() - started < limit:
+            time.sleep(1.0)
+            now = self.seconds()
+            if now - last < 0.05:
+                break
+            last = now
+        return time.perf_counter() - started
 
 
 class OutputWatch:
@@ -193,6 +266,13 @@ class Bench:
         self.package, self.fake, self.args = package, fake, args
         self.audience = ""
         self.mailbox = ""
+        #: perf_counter when the last Prefect pattern's flow body started (see `waited`).
+        self.started = 0.0
+        #: Messages for the threads run right before and right after send_many in the same
+        #: flow body (`beside`), so that both meet the same conditions (a Prefect server
+        #: still recording earlier task runs on the same cores); their msg/s in `beside_rates`.
+        self.beside: list[list[Message]] = []
+        self.beside_rates: list[float] = []
         self.flows = self._flows()
 
     def fresh(self) -> None:
@@ -224,11 +304,31 @@ class Bench:
             for i in range(self.args.messages)
         ]
 
-    def check(self, sent: list[Message]) -> str:
-        """'' when the account holds each message exactly once, else what is wrong."""
+    def newest(self) -> str | None:
+        """The id of the newest outbound email (the next `check` looks at those after it)."""
+        page = (
+            self.pkg["credentials"]
+            .shared_client()
+            .list_emails(self.mailbox, direction="outbound", limit=1)
+        )
+        return page.emails[0].id if page.emails else None
+
+    def check(self, sent: list[Message], since: str | None = None) -> str:
+        """'' when the account holds each message exactly once, else what is wrong.
+
+        `since`: only the outbound emails after that one (sent by this pattern) are compared.
+        """
         client = self.pkg["credentials"].shared_client()
-        emails = client.iter_emails(self.mailbox, direction="outbound")
-        subjects = Counter(e.subject for e in emails)
+        subjects: Counter[str] = Counter()
+        cursor = None
+        while True:
+            page = client.list_emails(
+                self.mailbox, direction="outbound", since_id=since, limit=100, cursor=cursor
+            )
+            subjects.update(e.subject for e in page.emails)
+            cursor = page.cursor
+            if cursor is None:
+                break
         wanted = {m.subject for m in sent}
         lost = len(wanted - set(subjects))
         duplicates = sum(n - 1 for n in subjects.values())
@@ -276,6 +376,30 @@ class Bench:
             response.raise_for_status()
         return time.perf_counter() - started
 
+    def threads(self, messages: list[Message]) -> float:
+        """`--concurrency` threads sharing one pooled client, no Prefect: what send_many does
+        without its task run, the reference the issue 19 goals compare send_many with."""
+        from pydantic import SecretStr
+
+        client_module = self.pkg["client"]
+
+        def send(client: Any, m: Message) -> None:
+            client.send(
+                self.mailbox,
+                to=m.to,
+                subject=m.subject,
+                markdown=m.markdown,
+                idempotency_key=m.idempotency_key,
+            )
+
+        started = time.perf_counter()
+        with (
+            client_module.MultiMailClient(self.fake.url, SecretStr(self.fake.key)) as client,
+            ThreadPoolExecutor(max_workers=self.args.concurrency) as pool,
+        ):
+            list(pool.map(lambda m: send(client, m), messages))
+        return time.perf_counter() - started
+
     def task_sequential(self, messages: list[Message]) -> float:
         return float(self.flows["sequential"](messages))
 
@@ -294,14 +418,71 @@ class Bench:
     def bulk(self, messages: list[Message]) -> float:
         return float(self.flows["bulk"](messages, self.args.concurrency))
 
-    def _flows(self) -> dict[str, Any]:
-        from prefect import flow, unmapped
+    def retried_bulk(self, messages: list[Message]) -> float:
+        """send_many in the second attempt of a flow run whose first attempt failed."""
+        quiet = logging.getLogger("prefect.flow_runs")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)  # the first attempt's failure is on purpose
+        try:
+            return float(self.flows["retried_bulk"](messages, self.args.concurrency))
+        finally:
+            quiet.setLevel(level)
 
-        tasks, bulk = self.pkg["tasks"], self.pkg["bulk"]
+    def plain_task(self, messages: list[Message]) -> float:
+        """A plain `@task` making send_email's HTTP call, sequential in a flow (point 3)."""
+        return float(self.flows["plain_sequential"](messages))
+
+    def waited(self, called: float) -> float:
+        """Seconds from calling the last Prefect pattern's flow to its body starting."""
+        return max(0.0, self.started - called)
+
+    def _flows(self) -> dict[str, Any]:
+        from prefect import flow, task, unmapped
+        from prefect.cache_policies import NO_CACHE
+        from prefect.runtime import flow_run
+
+        tasks, bulk, credentials = self.pkg["tasks"], self.pkg["bulk"], self.pkg["credentials"]
+
+        def mark() -> float:
+            self.started = time.perf_counter()
+            return self.started
+
+        def send_many_timed(messages: list[Message], concurrency: int) -> float:
+            """send_many's seconds, between two threads runs when `self.beside` is set."""
+            self.beside_rates = []
+            if self.beside:
+                self.beside_rates.append(len(self.beside[0]) / self.threads(self.beside[0]))
+            started = time.perf_counter()
+            all_sent(bulk.send_many(outgoing(messages), max_concurrency=concurrency))
+            seconds = time.perf_counter() - started
+            if self.beside:
+                self.beside_rates.append(len(self.beside[1]) / self.threads(self.beside[1]))
+            return seconds
+
+        @task(cache_policy=NO_CACHE, persist_result=False)
+        def plain_send(
+            audience: str, to: list[str], subject: str, markdown: str, idempotency_key: str
+        ) -> None:
+            client = credentials.shared_client()
+            mailbox = credentials.current_settings().audience(audience).mailbox
+            client.send(
+                client.mailbox_id(mailbox),
+                to=to,
+                subject=subject,
+                markdown=markdown,
+                idempotency_key=idempotency_key,
+            )
+
+        @flow
+        def plain_sequential(messages: list[Message]) -> float:
+            started = mark()
+            for m in messages:
+                plain_send(m.audience, m.to, m.subject, m.markdown, m.idempotency_key)
+            return time.perf_counter() - started
 
         @flow
         def sequential(messages: list[Message]) -> float:
-            started = time.perf_counter()
+            started = mark()
             for m in messages:
                 tasks.send_email(m.audience, m.to, m.subject, m.markdown, m.idempotency_key)
             return time.perf_counter() - started
@@ -316,7 +497,7 @@ class Bench:
 
         @flow
         def map_single(messages: list[Message]) -> float:
-            started = time.perf_counter()
+            started = mark()
             futures = tasks.send_email.map(
                 unmapped(messages[0].audience),
                 [m.to for m in messages],
@@ -330,7 +511,7 @@ class Bench:
         @flow
         def fanout(messages: list[Message]) -> float:
             """The recommended fan-out: chunks of messages, one send_many task run each."""
-            started = time.perf_counter()
+            started = mark()
             size = self.args.chunk
             chunks = [outgoing(messages[i : i + size]) for i in range(0, len(messages), size)]
             concurrency = max(1, self.args.concurrency // self.args.fanout_workers)
@@ -340,15 +521,23 @@ class Bench:
 
         @flow
         def bulk_send(messages: list[Message], concurrency: int) -> float:
-            started = time.perf_counter()
-            all_sent(bulk.send_many(outgoing(messages), max_concurrency=concurrency))
-            return time.perf_counter() - started
+            mark()
+            return send_many_timed(messages, concurrency)
+
+        @flow(retries=1, retry_delay_seconds=0)
+        def retried_bulk(messages: list[Message], concurrency: int) -> float:
+            if flow_run.run_count == 1:
+                raise RuntimeError("the first attempt fails before sending anything")
+            mark()
+            return send_many_timed(messages, concurrency)
 
         return {
+            "plain_sequential": plain_sequential,
             "sequential": sequential,
             "map_single": map_single,
             "fanout": fanout,
             "bulk": bulk_send,
+            "retried_bulk": retried_bulk,
         }
 
 
@@ -372,16 +561,18 @@ class Figures:
         return statistics.median(self.rates[pattern]) if self.rates.get(pattern) else 0.0
 
 
-def measure(bench: Bench, watch: OutputWatch, patterns: list[str], label: str) -> Figures:
+def measure(
+    bench: Bench, watch: OutputWatch, busy: Busy503, patterns: list[str], label: str
+) -> Figures:
     figures = Figures()
     for round_ in range(bench.args.rounds):
         for pattern in patterns:
             bench.fresh()
             messages = bench.messages(f"{label} {pattern} r{round_}")
-            locks = watch.locks
+            locks = watch.locks + busy.count
             seconds = getattr(bench, pattern)(messages)
             time.sleep(0.2)  # let the server's log catch up before counting its lines
-            figures.locks[pattern] += watch.locks - locks
+            figures.locks[pattern] += watch.locks + busy.count - locks
             problem = bench.check(messages)
             if problem:
                 figures.errors.append(f"{label} {pattern} round {round_}: {problem}")
@@ -397,7 +588,7 @@ def report(bench: Bench, figures: Figures, label: str) -> list[tuple[str, str]]:
     for pattern, rates in figures.rates.items():
         name = PATTERNS[pattern].format(**vars(args))
         spread = f"{min(rates):.0f}-{max(rates):.0f}"
-        locks = f", {figures.locks[pattern]} DB lock line(s)" if pattern in PREFECT_PATTERNS else ""
+        locks = f", {figures.locks[pattern]} DB lock(s)" if pattern in PREFECT_PATTERNS else ""
         print(
             f"  {name:<52} {figures.rate(pattern):7.0f} msg/s ({spread}) "
             f"{figures.rate(pattern) / pooled:5.2f}x pooled{locks}"
@@ -414,13 +605,144 @@ def report(bench: Bench, figures: Figures, label: str) -> list[tuple[str, str]]:
             missed.append(("fanout", f"{label}: fan-out below 0.5x the pooled loop"))
         if "task_sequential" in figures.rates and rate("fanout") < rate("task_sequential"):
             missed.append(("fanout", f"{label}: fan-out slower than the sequential task"))
+    sequential = rate("task_sequential")
+    if "map_single" in figures.rates and sequential and rate("map_single") < 0.95 * sequential:
+        missed.append(("map_single", f"{label}: send_email.map below 0.95x the sequential task"))
     for pattern in PREFECT_PATTERNS:
         if figures.locks[pattern]:
-            missed.append((pattern, f"{label}: {pattern} logged '{LOCKED}'"))
+            missed.append((pattern, f"{label}: {pattern} met '{LOCKED}' (a 503 and a retry)"))
     return missed
 
 
 PREFECT_PATTERNS = ("task_sequential", "map_single", "fanout", "bulk")
+
+#: Patterns that run a flow of their own (their `waited` is the wait for the flow to start).
+FLOW_PATTERNS = {*PREFECT_PATTERNS, "retried_bulk", "plain_task"}
+
+#: What `--orders default` runs, one order after the other in the same process, nothing reset:
+#: send_many after a .map, after the sequential task, after send_many, in and after a retried
+#: flow run, with the pooled threads (the reference) at the start, the middle and the end.
+ORDERS = [
+    "threads,bulk,map_single,bulk,threads,task_sequential,bulk,retried_bulk,bulk,threads",
+    "threads,retried_bulk,bulk,task_sequential,threads,fanout,bulk,map_single,bulk,threads",
+]
+
+STEPS = {
+    **PATTERNS,
+    "threads": "{concurrency} threads on one pooled client, no Prefect",
+    "retried_bulk": "send_many in a flow's retry (1st attempt failed)",
+    "plain_task": "plain @task with the same HTTP call, sequential",
+}
+
+
+@dataclass
+class Step:
+    pattern: str
+    rate: float
+    #: msg/s of the threads run just before and just after it in its flow (send_many only).
+    beside: float | None
+    #: Seconds from the flow call to its body (None: no flow of its own).
+    waited: float | None
+    #: 503s ('database is locked') Prefect's client met and retried during the step.
+    locks: int
+    #: CPU seconds the Prefect server used during the step.
+    server_cpu: float
+
+
+def run_order(
+    bench: Bench, busy: Busy503, server: ServerCPU, steps: list[str], tag: str
+) -> tuple[list[Step], list[str]]:
+    """Each step in turn, nothing reset in between; returns the steps and what went wrong."""
+    done: list[Step] = []
+    errors: list[str] = []
+    for i, pattern in enumerate(steps, 1):
+        messages = bench.messages(f"{tag} step {i} {pattern}")
+        paired = pattern in ("bulk", "retried_bulk")
+        bench.beside = (
+            [bench.messages(f"{tag} step {i} {side}") for side in ("before", "after")]
+            if paired
+            else []
+        )
+        since = bench.newest()
+        locks, cpu = busy.count, server.seconds()
+        called = time.perf_counter()
+        seconds = getattr(bench, pattern)(messages)
+        waited = bench.waited(called) if pattern in FLOW_PATTERNS else None
+        beside = statistics.mean(bench.beside_rates) if paired and bench.beside_rates else None
+        step = Step(pattern, len(messages) / seconds, beside, waited, busy.count - locks, 0.0)
+        step.server_cpu = server.seconds() - cpu
+        done.append(step)
+        problem = bench.check([*messages, *(m for side in bench.beside for m in side)], since)
+        bench.beside = []
+        if problem:
+            errors.append(f"{tag} step {i} {pattern}: {problem}")
+    return done, errors
+
+
+def report_order(bench: Bench, steps: list[Step], title: str, tag: str) -> list[str]:
+    """Print one order as a table; return the goals it missed."""
+    reference = [s.rate for s in steps if s.pattern == "threads"]
+    threads = statistics.median(reference) if reference else 0.0
+    print(f"\n{title}")
+    print(
+        "| # | pattern | msg/s in its flow | x threads (order's median) | x threads beside it "
+        "| flow start waited | 503s | server CPU |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    missed = []
+    for i, step in enumerate(steps, 1):
+        ratio = f"{step.rate / threads:.2f}x" if threads else "-"
+        beside = f"{step.rate / step.beside:.2f}x" if step.beside else "-"
+        waited = f"{step.waited:.1f} s" if step.waited is not None else "-"
+        name = STEPS[step.pattern].format(**vars(bench.args))
+        print(
+            f"| {i} | {name} | {step.rate:.0f} | {ratio} | {beside} | {waited} | {step.locks} "
+            f"| {step.server_cpu:.1f} s |"
+        )
+        if step.beside and step.rate < 0.9 * step.beside:
+            ratio = f"{step.rate / step.beside:.2f}x"
+            missed.append(f"{tag}, step {i}: send_many at {ratio} the threads beside it")
+    waits = [s.waited for s in steps if s.waited is not None]
+    if waits:
+        print(
+            f"flow start: median {statistics.median(waits):.1f} s, longest {max(waits):.1f} s; "
+            f"{sum(s.locks for s in steps)} 503 answer(s) retried by Prefect's client"
+        )
+    return missed
+
+
+def overhead(bench: Bench, server: ServerCPU, rounds: int) -> list[str]:
+    """A mail task against a plain `@task` making the same HTTP call and the bare call, in
+    rotating order; prints ms per message and the server CPU per task run. Returns misses."""
+    idle = server.wait_idle()
+    kinds = ["pooled", "plain_task", "task_sequential"]
+    times: dict[str, list[float]] = {kind: [] for kind in kinds}
+    cpu = server.seconds()
+    task_runs = 0
+    for round_ in range(rounds):
+        for kind in kinds[round_ % 3 :] + kinds[: round_ % 3]:
+            messages = bench.messages(f"overhead r{round_} {kind}")
+            times[kind].append(getattr(bench, kind)(messages) / len(messages) * 1000)
+            task_runs += len(messages) if kind != "pooled" else 0
+    drained = server.wait_idle()
+    server_ms = (server.seconds() - cpu) / max(task_runs, 1) * 1000
+    ms = {kind: statistics.median(values) for kind, values in times.items()}
+    mail = ms["task_sequential"] / ms["plain_task"] - 1
+    print(
+        f"\ntask overhead: {bench.args.messages} messages each, {rounds} round(s), median ms per "
+        f"message (server idle first: waited {idle:.0f} s)"
+    )
+    print("| way of sending one message | ms |")
+    print("|---|---:|")
+    print(f"| pooled client, no task | {ms['pooled']:.2f} |")
+    print(f"| plain `@task` with the same HTTP call | {ms['plain_task']:.2f} |")
+    print(f"| `send_email` (mail task) | {ms['task_sequential']:.2f} |")
+    print(
+        f"mail task over the plain task: {mail:+.0%}; Prefect per task run, in the flow's "
+        f"process: {ms['plain_task'] - ms['pooled']:.2f} ms; in the Prefect server "
+        f"(recording it): {server_ms:.1f} ms of CPU, {drained:.0f} s to drain after the last one"
+    )
+    return [f"task overhead: the mail task {mail:+.0%} over a plain task"] if mail > 0.2 else []
 
 
 def profile(bench: Bench, pattern: str, label: str) -> None:
@@ -448,6 +770,15 @@ def main() -> None:
     parser.add_argument("--transports", default="plain,tls")
     parser.add_argument("--patterns", default=",".join(PATTERNS))
     parser.add_argument(
+        "--orders",
+        default="default",
+        help="';'-separated orders of steps run in one process without reset (from: "
+        f"{', '.join(STEPS)}), 'default' for {len(ORDERS)} built-in ones, or 'none'",
+    )
+    parser.add_argument(
+        "--overhead-rounds", type=int, default=3, help="rounds of the task overhead (0: none)"
+    )
+    parser.add_argument(
         "--profile",
         choices=["missed", "always", "never"],
         default="missed",
@@ -458,6 +789,11 @@ def main() -> None:
     unknown = set(patterns) - set(PATTERNS)
     if unknown:
         raise SystemExit(f"unknown patterns {sorted(unknown)}; choose from {list(PATTERNS)}")
+    orders = {"default": ORDERS, "none": []}.get(args.orders, args.orders.split(";"))
+    orders = [[step for step in order.split(",") if step] for order in orders]
+    unknown = {step for order in orders for step in order} - set(STEPS)
+    if unknown:
+        raise SystemExit(f"unknown steps {sorted(unknown)}; choose from {list(STEPS)}")
 
     os.environ.update(
         PREFECT_LOGGING_LEVEL="WARNING",
@@ -471,12 +807,15 @@ def main() -> None:
     missed: list[str] = []
     errors: list[str] = []
     with prefect_test_harness(server_startup_timeout=120):
-        for label in [t for t in args.transports.split(",") if t]:
+        busy = Busy503()  # after the harness, which sets Prefect's logging up again
+        server = ServerCPU()
+        transports = [t for t in args.transports.split(",") if t]
+        for label in transports:
             with fake_process(args.package, tls=label == "tls") as fake:
                 if fake.ca_file:
                     os.environ["SSL_CERT_FILE"] = fake.ca_file
                 bench = Bench(args.package, fake, args)
-                figures = measure(bench, watch, patterns, label)
+                figures = measure(bench, watch, busy, patterns, label)
                 errors += figures.errors
                 misses = report(bench, figures, label)
                 missed += [what for _, what in misses]
@@ -486,6 +825,19 @@ def main() -> None:
                 if args.profile != "never":
                     for pattern in dict.fromkeys(profiled):
                         profile(bench, pattern, label)
+                if label == transports[0] and (orders or args.overhead_rounds):
+                    bench.fresh()  # once: from here on nothing is reset
+                    for n, order in enumerate(orders, 1):
+                        tag = f"{label} order {n}"
+                        steps, wrong = run_order(bench, busy, server, order, tag)
+                        errors += wrong
+                        title = (
+                            f"{tag}: {args.messages} messages a step, in one process after "
+                            "everything above, nothing reset"
+                        )
+                        missed += report_order(bench, steps, title, tag)
+                    if args.overhead_rounds:
+                        missed += overhead(bench, server, args.overhead_rounds)
                 os.environ.pop("SSL_CERT_FILE", None)
     print()
     for line in missed:
