@@ -94,7 +94,17 @@ class Stack:
         elsewhere = self.logs / f"{name}-cwd"
         elsewhere.mkdir(exist_ok=True)
         prefect = str(self.project / ".venv" / "bin" / "prefect")
-        command = [prefect, "worker", "start", "--pool", self.pool, "--name", name]
+        command = [
+            prefect,
+            "worker",
+            "start",
+            "--pool",
+            self.pool,
+            "--type",
+            "process",
+            "--name",
+            name,
+        ]
         worker = start_process(command, elsewhere, self.env(), self.logs / f"{name}.log")
         self.processes.append(worker)
         return worker
@@ -312,6 +322,12 @@ def test_inbound_mail_is_answered_once_per_message_on_postgres(stack: Stack) -> 
             "/logs/filter", json={"logs": {"flow_run_id": {"any_": [first_run["id"]]}}}
         ).json()
     assert any("enter_project_directory" in line["message"] for line in logs), logs
+    # ... through answer-inbound's own work queue, which `setup` limited (4 by default).
+    queue = first_run["work_queue_name"]
+    assert queue.endswith("-answer-inbound"), queue
+    with stack.prefect() as api:
+        limited = api.get(f"/work_pools/{stack.pool}/queues/{queue}").json()
+    assert limited["concurrency_limit"] == 4, limited
     worker_log = (stack.logs / "worker-1.log").read_text()
     assert "ModuleNotFoundError" not in worker_log
     assert stack.key not in worker_log

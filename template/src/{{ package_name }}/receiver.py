@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 from starlette.concurrency import run_in_threadpool
 
-from .approvals import ResumeOutcome, resume_waiters, waiting_runs
+from .approvals import RETRY_LATER, ResumeOutcome, resume_waiters, waiting_runs
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +124,11 @@ def decision_handler(read_tags: TagReader, resume: Resumer = resume_waiters) -> 
             outcomes = await resume(email_id, tags)
         except Exception as error:  # the Prefect API unreachable (check PREFECT_API_URL)
             return _unavailable(f"resuming the flow runs waiting for {email_id} in Prefect", error)
-        if "not_suspended_yet" in outcomes.values():
-            # Not acted on as a whole: MultiMail retries the delivery with backoff, and runs
-            # resumed already answer `resumed` again.
-            return 503, {"error": "a flow run is not suspended yet; retry later"}
+        if RETRY_LATER & set(outcomes.values()):
+            # Not acted on as a whole (a run not suspended yet, or not resumed): MultiMail
+            # retries the delivery with backoff, and runs resumed already answer `resumed` again.
+            error = "a flow run is not resumed yet; retry later"
+            return 503, {"error": error, "flow_runs": outcomes}
         return 200, {"status": "handled", "email_id": email_id, "flow_runs": outcomes}
 
     return on_decision

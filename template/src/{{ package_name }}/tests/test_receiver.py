@@ -148,8 +148,9 @@ def test_a_redelivery_is_answered_but_not_acted_on_twice() -> None:
     assert receiver.resumed == [RUN_ID]
 
 
-def test_a_run_not_suspended_yet_makes_multimail_retry() -> None:
-    receiver = Receiver(outcome="not_suspended_yet")
+@pytest.mark.parametrize("outcome", ["not_suspended_yet", "not_resumed"])
+def test_a_run_not_resumed_yet_makes_multimail_retry(outcome: ResumeOutcome) -> None:
+    receiver = Receiver(outcome=outcome)
     body = delivery(tags=WAITING)
     assert receiver.post(body).status_code == 503
     assert receiver.post(body).status_code == 503  # not marked seen: the retry is acted on
