@@ -127,8 +127,8 @@ def decision_handler(read_tags: TagReader, resume: Resumer = resume_waiters) -> 
         if RETRY_LATER & set(outcomes.values()):
             # Not acted on as a whole (a run not suspended yet, or not resumed): MultiMail
             # retries the delivery with backoff, and runs resumed already answer `resumed` again.
-            error = "a flow run is not resumed yet; retry later"
-            return 503, {"error": error, "flow_runs": outcomes}
+            reason = "a flow run is not resumed yet; retry later"
+            return 503, {"error": reason, "flow_runs": outcomes}
         return 200, {"status": "handled", "email_id": email_id, "flow_runs": outcomes}
 
     return on_decision
