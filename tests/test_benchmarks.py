@@ -4,12 +4,15 @@ the generated project's environment, where they run."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from .conftest import REPO, run
+from .prefect_postgres import require_postgres
 
 pytestmark = pytest.mark.slow
 
@@ -60,3 +63,31 @@ def test_the_drivers_type_check_where_they_run(installed_project: Path) -> None:
     drivers = sorted(str(path) for path in (REPO / "bench" / "drivers").glob("*.py"))
     result = run([str(mypy), "--strict", *drivers], cwd=installed_project)
     assert "Success" in result.stdout
+
+
+def test_a_brief_chaos_soak_answers_every_email_once(installed_project: Path) -> None:
+    """bench/chaos.py for correctness: a few emails, every fault once, the sweeps every 20 s."""
+    require_postgres()
+    command = [
+        sys.executable,
+        str(REPO / "bench" / "chaos.py"),
+        "--project",
+        str(installed_project),
+    ]
+    command += ["--emails", "6", "--phase", "30", "--repeat", "1", "--seed", "3"]
+    command += ["--sweep-interval", "20", "--drain-timeout", "480", "--gap", "2", "5"]
+    command += ["--warmup", "5"]
+    done = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=1200, check=False
+    )
+    output = done.stdout
+    summary = dict(re.findall(r"^(\w[\w ]*?):\s+(\S+)", output.partition("\nsummary\n")[2], re.M))
+    assert summary, f"no summary (exit {done.returncode}):\n{output[-6000:]}\n{done.stderr[-3000:]}"
+    report = f"exit {done.returncode}\n{output[-8000:]}"
+    assert summary["emails"] == "6", report
+    assert int(summary["answered"]) + int(summary["rejected"]) == 6, report
+    assert summary["duplicates"] == "0", report
+    assert summary["missing"] == "0", report
+    assert summary["stuck runs"] == "0", report
+    assert "result: PASS" in output, report
+    assert done.returncode == 0, report
