@@ -122,15 +122,16 @@ def test_every_answer_set_passes_its_own_tests_and_demo_despite_the_owners_doten
     run([uv(), "sync", "--quiet"], cwd=root, env=env)
     # The fake's own contract tests do not depend on the answers (they make their own
     # mailboxes); the README walkthrough runs them once, for the default answers. The suspend
-    # tests use only the gated audience they bring: they run for the one-autonomous-audience
-    # set (no gated audience of its own, the case that once failed), not again for the others.
+    # and liveness tests use only the gated audience they bring: they run for the
+    # one-autonomous-audience set (no gated audience of its own, the case that once failed),
+    # not again for the others.
     package = (
         root / "src" / yaml.safe_load((root / ".copier-answers.yml").read_text())["package_name"]
     )
     tests = package / "tests"
     once = sorted(tests.glob("test_fake_*.py"))
     if answers is not MATRIX["one-autonomous-audience"]:
-        once.append(tests / "test_suspend.py")
+        once += [tests / "test_suspend.py", tests / "test_liveness.py"]
     ignored = [f"--ignore={path}" for path in once]
     # The set that runs the suspend tests runs them with result persistence on, as Prefect's
     # suspend docs advise: a cached status read would turn an approved reply into timed_out
