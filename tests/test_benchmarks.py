@@ -42,6 +42,8 @@ def test_the_throughput_benchmark_sends_every_message_once_by_every_pattern(
         installed_project,
         "throughput_driver.py",
         *("--messages", "10", "--rounds", "1", "--transports", "tls", "--profile", "never"),
+        # One short order (a .map, then send_many and its retry) and one overhead round.
+        *("--orders", "map_single,bulk,retried_bulk", "--overhead-rounds", "1"),
     )
     rows = re.findall(r"^  (.+?)\s+\d+ msg/s", output, flags=re.MULTILINE)
     assert len(rows) == 6, output
