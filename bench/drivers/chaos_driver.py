@@ -1032,7 +1032,7 @@ def main() -> None:
     parser.add_argument("--faults", default=",".join(FAULT_KINDS))
     parser.add_argument("--gap", type=float, nargs=2, default=(5.0, 20.0))
     parser.add_argument("--warmup", type=float, default=20.0)
-    parser.add_argument("--fault-wait", type=float, default=90.0)
+    parser.add_argument("--fault-wait", type=float, default=240.0)
     parser.add_argument("--worker-poll", type=float, default=2.0)
     parser.add_argument("--api-fault-rate", type=float, default=0.1)
     parser.add_argument("--reject-share", type=float, default=0.25)
