@@ -30,7 +30,9 @@ def _resolve(from_env: SecretStr | None, env_name: str, block_name: str, what: s
     from prefect.blocks.system import Secret  # imported late: loading needs a Prefect API
 
     try:
-        secret = cast(Secret[str], Secret.load(block_name))
+        # `_sync`: inside an async flow (a sweep reading mail from a worker thread) Prefect would
+        # otherwise see an async context and hand back a coroutine.
+        secret = cast(Secret[str], Secret.load(block_name, _sync=True))  # type: ignore[call-arg]
     except ValueError as error:  # Prefect's answer when no block has that name
         raise MissingSecretError(
             f"no {what}: set {env_name} (locally, e.g. in .env), or create the Prefect Secret "

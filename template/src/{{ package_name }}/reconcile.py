@@ -11,9 +11,13 @@ one on every email it handles) and passes the same guards as the receiver
 - no run: it asks for one, with the same idempotency key as the receiver, so a webhook that
   arrives meanwhile lands on the same run;
 - a run that ended without an outcome (Crashed, Failed after its retries), or one whose process
-  is gone (Pending for longer than `STUCK_PENDING`, Running with no heartbeat for three
-  heartbeat periods): it marks it Crashed and schedules *that* run again, as the UI's Retry does;
+  is gone (Pending, or Running with no heartbeat, for longer than `stuck_run_seconds` in
+  settings.toml): it marks it Crashed and schedules *that* run again, as the UI's Retry does;
 - anything else (scheduled, running, suspended on a decision, cancelled by someone): left alone.
+
+Runs of the project's other flows whose process is gone are marked Crashed, so that nothing
+shows them as still running; their schedules start the next ones. An email whose tags or run
+cannot be read this pass (MultiMail or Prefect answering errors) waits for the next pass.
 
 Re-running is safe: the reply's idempotency key comes from the inbound email, and the flow reads
 what an earlier attempt recorded on the email's tags before it does anything.
@@ -24,8 +28,16 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+import httpx
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.events.filters import (
     EventFilter,
@@ -33,13 +45,16 @@ from prefect.events.filters import (
     EventOccurredFilter,
     EventResourceFilter,
 )
+from prefect.exceptions import PrefectHTTPStatusError
 from prefect.runtime import deployment as this_deployment
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 from prefect.states import Crashed, Scheduled
 
 from .answer_runs import find_answer_run
+from .audit_export import export_audit_log
+from .client import MultiMailError
 from .credentials import current_settings, shared_client
-from .flows import FINAL_OUTCOMES, STATE_TAG
+from .flows import FINAL_OUTCOMES, STATE_TAG, expire_approval_waits, status_digest
 from .inbound import ANSWER_INBOUND_DEPLOYMENT, RUN_TAGS, MailboxDirectory, start_answer
 from .local_deployments import LOCAL_NAME
 from .settings import OversightMode
@@ -47,11 +62,9 @@ from .tasks import mail_task
 
 #: Statuses of inbound mail a run may answer (not held for approval, quarantined or deleted).
 ANSWERABLE_STATUSES = frozenset({"unread", "read"})
-#: A run Pending this long has no process: a worker claimed it and died before starting it
-#: (starting a flow run's process takes seconds).
-STUCK_PENDING = timedelta(minutes=3)
-#: A Running run is gone when Prefect saw no heartbeat from it for this many periods
-#: (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, 30 s in prefect.yaml's job variables and `serve`).
+#: A Running run is alive while Prefect saw a heartbeat from it within this many periods
+#: (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, 30 s in prefect.yaml's job variables and `serve`), at
+#: the least; `stuck_run_seconds` in settings.toml may allow longer.
 MISSED_HEARTBEATS = 3
 #: Runs (each retry counts) after which a run is not scheduled again: an email whose run keeps
 #: failing waits for a person, who sees the Failed run and its logs.
@@ -91,7 +104,12 @@ def unanswered_inbound(audience: str, since: datetime) -> list[str]:
         verdict, _ = directory.verdict(mailbox_id=mailbox, direction="inbound", sender=email.sender)
         if verdict != "answer":
             continue
-        if not has_outcome(client.get_tags(mailbox, email.id)):
+        try:
+            tags = client.get_tags(mailbox, email.id)
+        except (MultiMailError, httpx.HTTPError) as error:  # one email waits for the next pass
+            get_run_logger().warning("Skipping %s this pass: %s", email.id, error)
+            continue
+        if not has_outcome(tags):
             found.append(email.id)
     return found[::-1]
 
@@ -114,13 +132,14 @@ async def why_dead(client: PrefectClient, run: FlowRun, now: datetime) -> str | 
     if state is None:
         return None
     age = now - state.timestamp
+    stuck = timedelta(seconds=current_settings().stuck_run_seconds)
     if state.type in (StateType.CRASHED, StateType.FAILED, StateType.COMPLETED):
         return f"it ended {state.name} without recording an outcome"
-    if state.type == StateType.PENDING and age > STUCK_PENDING:
+    if state.type == StateType.PENDING and age > stuck:
         return f"it has been Pending for {age.total_seconds():.0f} s with no process"
     frequency = PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value()
     if state.type == StateType.RUNNING and frequency is not None:
-        silence = timedelta(seconds=MISSED_HEARTBEATS * frequency)
+        silence = max(stuck, timedelta(seconds=MISSED_HEARTBEATS * frequency))
         if age > silence and not await _heartbeat_since(client, run, now - silence):
             return f"no heartbeat for {silence.total_seconds():.0f} s"
     return None
@@ -170,6 +189,37 @@ def answer_deployment() -> str:
     return ANSWER_INBOUND_DEPLOYMENT
 
 
+#: This project's flows other than answer-inbound, whose dead runs are only marked Crashed.
+SCHEDULED_FLOWS = (
+    status_digest.name,
+    expire_approval_waits.name,
+    export_audit_log.name,
+    "reconcile-inbound",
+)
+
+
+async def crash_dead_runs(client: PrefectClient, now: datetime) -> list[FlowRun]:
+    """Mark Crashed the Pending or Running runs of `SCHEDULED_FLOWS` whose process is gone."""
+    live = FlowRunFilter(
+        state=FlowRunFilterState(
+            type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])
+        )
+    )
+    runs = await client.read_flow_runs(
+        flow_filter=FlowFilter(name=FlowFilterName(any_=list(SCHEDULED_FLOWS))),
+        flow_run_filter=live,
+        limit=200,
+    )
+    crashed = []
+    for run in runs:
+        reason = await why_dead(client, run, now)
+        if reason is not None:
+            message = f"reconcile-inbound: {reason}"
+            await client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+            crashed.append(run)
+    return crashed
+
+
 @flow(name="reconcile-inbound")
 async def reconcile_inbound(
     deployment: str | None = None, lookback_hours: float = 24.0
@@ -192,8 +242,14 @@ async def reconcile_inbound(
             if audience.oversight_mode == OversightMode.READ_ONLY:
                 continue
             for email_id in unanswered_inbound(name, since):
-                action, run = await reconcile_email(client, email_id, name, deployment, now)
+                try:
+                    action, run = await reconcile_email(client, email_id, name, deployment, now)
+                except (httpx.HTTPError, PrefectHTTPStatusError) as error:
+                    log.warning("Skipping %s this pass: Prefect answered %s", email_id, error)
+                    continue
                 runs[email_id] = str(run.id)
                 if action != "waiting":
                     log.info("%s: %s run %s", email_id, action, run.id)
+        for run in await crash_dead_runs(client, now):
+            log.info("Marked %s (%s) Crashed: its process is gone", run.name, run.id)
     return runs

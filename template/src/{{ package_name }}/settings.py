@@ -132,6 +132,7 @@ class Settings(BaseSettings):
     scan_timeout_seconds: float = Field(default=60.0, gt=0)
     max_replies_per_thread_per_day: int = Field(default=3, ge=1)
     answer_concurrency_limit: int = Field(default=4, ge=1)
+    stuck_run_seconds: float = Field(default=180.0, ge=0)
     project: str = Field(
         default="multimail",
         pattern=r"^[a-z0-9][a-z0-9-]*$",

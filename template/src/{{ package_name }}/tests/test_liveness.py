@@ -7,12 +7,13 @@ timing; the Prefect server and the fake are real.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 import pytest
+from prefect.blocks.system import Secret
 from prefect.client.orchestration import PrefectClient, SyncPrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.exceptions import Pause
@@ -24,7 +25,7 @@ from .. import credentials, reconcile
 from ..approvals import pause_key, resume_settled_waits, resume_waiting_run
 from ..client import MultiMailClient
 from ..fake import FakeMultiMail
-from ..flows import ReplyReport, answer_inbound
+from ..flows import ReplyReport, answer_inbound, expire_approval_waits
 from ..inbound import start_answer
 from ..local_deployments import served_deployments
 from ..provision import MailboxState
@@ -164,6 +165,7 @@ def test_a_decision_no_webhook_delivered_continues_the_run_at_the_next_sweep(
     operator_client: MultiMailClient,
     mail_env: list[MailboxState],
     served_flows: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The receiver was down for the whole of MultiMail's retries (here: never subscribed).
     The approval sweep resumes the run whatever its age, long before the approval timeout."""
@@ -172,7 +174,13 @@ def test_a_decision_no_webhook_delivered_continues_the_run_at_the_next_sweep(
     reply = _inbound_tags(client, inbound)["reply_id"]
     operator_client.decide(reply, "approve")
 
-    assert asyncio.run(resume_settled_waits()) == [str(run_id)]
+    # The sweep flow as deployed: the key from its Secret block, not the environment.
+    Secret(value=os.environ["MULTIMAIL_API_KEY"]).save(
+        credentials.current_settings().api_key_block, overwrite=True
+    )
+    monkeypatch.delenv("MULTIMAIL_API_KEY")
+    credentials.reset()
+    assert asyncio.run(expire_approval_waits()) == [str(run_id)]
 
     finished = _wait_for_state(run_id, final=True)
     assert finished.state is not None
@@ -223,16 +231,17 @@ def test_reconcile_runs_a_dead_run_again_and_the_email_is_answered_once(
     else:
         _force(dead.id, Pending() if death == "pending_with_no_process" else Running())
         # Within its bounds a run may be slow, not dead: left alone.
-        monkeypatch.setattr(reconcile, "STUCK_PENDING", timedelta(hours=1))
-        monkeypatch.setattr(reconcile, "MISSED_HEARTBEATS", 1000)
+        monkeypatch.setenv("MULTIMAIL_STUCK_RUN_SECONDS", "3600")
+        credentials.reset()
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
             assert asyncio.run(reconcile_inbound(deployment="answer-inbound/local")) == {
                 inbound: str(dead.id)
             }
         assert _state(dead.id).type in (StateType.PENDING, StateType.RUNNING)
         # Past them (shrunk here from minutes): dead.
-        monkeypatch.setattr(reconcile, "STUCK_PENDING", timedelta(0))
+        monkeypatch.setenv("MULTIMAIL_STUCK_RUN_SECONDS", "0")
         monkeypatch.setattr(reconcile, "MISSED_HEARTBEATS", 0)
+        credentials.reset()
 
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
         assert asyncio.run(reconcile_inbound(deployment="answer-inbound/local")) == {

@@ -6,12 +6,17 @@ from __future__ import annotations
 import asyncio
 from uuid import UUID
 
+import httpx
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import State
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.states import Pending, Running
 
-from .. import credentials
+from .. import credentials, reconcile
 from ..client import MultiMailClient
 from ..fake import FakeMultiMail
-from ..flows import STATE_TAG
+from ..flows import STATE_TAG, expire_approval_waits
 from ..inbound import run_key
 from ..provision import MailboxState
 from ..reconcile import reconcile_inbound
@@ -103,3 +108,67 @@ def test_handled_or_own_mail_is_left_alone(
     assert own not in started
     assert runs_answering(answer_deployment, handled) == []
     assert runs_answering(answer_deployment, own) == []
+
+
+def test_an_email_whose_tags_cannot_be_read_waits_and_the_others_are_started(
+    mail_env: list[MailboxState],
+    fake: FakeMultiMail,
+    control: httpx.Client,
+    answer_deployment: UUID,
+) -> None:
+    """MultiMail failing on one email's tags must not fail the pass for every other email."""
+    state = _answering(mail_env)[0]
+    flaky, fine = (
+        fake.deliver_inbound(
+            to=state.address, sender="ada@example.com", subject=subject, markdown="Hello"
+        )
+        for subject in ("Flaky", "Fine")
+    )
+    control.post(
+        "/_fake/faults",
+        json={
+            "path_prefix": f"/v1/mailboxes/{state.mailbox_id}/emails/{flaky}/tags",
+            "method": "GET",
+            "status": 502,
+        },
+    ).raise_for_status()
+    started = _reconcile()
+    assert fine in started
+    assert flaky not in started
+    assert runs_answering(answer_deployment, flaky) == []
+    control.delete("/_fake/faults").raise_for_status()
+    assert flaky in _reconcile()  # the next pass starts it
+    assert len(runs_answering(answer_deployment, flaky)) == 1
+
+
+def test_a_scheduled_flows_run_whose_process_died_is_marked_crashed(
+    mail_env: list[MailboxState], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep's run left Pending by a worker killed while submitting it, and one left Running
+    by a process killed with its worker, show as Crashed instead of running forever."""
+
+    async def dead_runs() -> list[UUID]:
+        async with get_client() as prefect:
+            deployment = await expire_approval_waits.ato_deployment(name="dead-run-test")
+            deployment_id = await deployment.aapply()
+            runs = []
+            dead: list[State[None]] = [Pending(), Running()]
+            for state in dead:
+                run = await prefect.create_flow_run_from_deployment(deployment_id)
+                await prefect.set_flow_run_state(run.id, state, force=True)
+                runs.append(run.id)
+            return runs
+
+    async def states(run_ids: list[UUID]) -> list[str]:
+        async with get_client() as prefect:
+            return [str((await prefect.read_flow_run(run_id)).state_name) for run_id in run_ids]
+
+    runs = asyncio.run(dead_runs())
+    _reconcile()
+    assert asyncio.run(states(runs)) == ["Pending", "Running"]  # within the bound: left alone
+    monkeypatch.setenv("MULTIMAIL_STUCK_RUN_SECONDS", "0")
+    monkeypatch.setattr(reconcile, "MISSED_HEARTBEATS", 0)
+    credentials.reset()
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
+        _reconcile()
+    assert asyncio.run(states(runs)) == ["Crashed", "Crashed"]
