@@ -1,7 +1,8 @@
 """Chaos soak: every inbound email answered or rejected exactly once under ordinary faults.
 
     uv run python bench/chaos.py [--emails 100] [--seed 1] [--drain-timeout 900]
-        [--project DIR] [--keep] [--sweep-interval S] [--repeat 2] [--faults a,b,...]
+        [--project DIR] [--keep] [--sweep-interval S] [--stuck-run-seconds S] [--repeat 2]
+        [--faults a,b,...]
 
 A default render of this working tree (or `--project DIR`, an installed render) deployed as in
 production on 127.0.0.1: a Prefect server on a throwaway PostgreSQL cluster (Debian's binaries,
@@ -66,6 +67,12 @@ def main() -> int:
         help="run every interval schedule of prefect.yaml at most this often (a brief run); "
         "default: as deployed",
     )
+    parser.add_argument(
+        "--stuck-run-seconds",
+        type=float,
+        help="MULTIMAIL_STUCK_RUN_SECONDS for the workers (so their flow runs) and the "
+        "receiver (a brief run); default: settings.toml's stuck_run_seconds",
+    )
     parser.add_argument("--api-fault-rate", type=float, default=0.1)
     parser.add_argument("--gap", type=float, nargs=2, default=(5.0, 20.0), metavar=("MIN", "MAX"))
     parser.add_argument("--warmup", type=float, default=20.0)
@@ -88,6 +95,8 @@ def main() -> int:
         options += ["--phase", str(args.phase)]
     if args.sweep_interval is not None:
         options += ["--sweep-interval", str(args.sweep_interval)]
+    if args.stuck_run_seconds is not None:
+        options += ["--stuck-run-seconds", str(args.stuck_run_seconds)]
     try:
         return run_driver(project, "chaos_driver.py", *options)
     finally:

@@ -68,7 +68,8 @@ def test_the_drivers_type_check_where_they_run(installed_project: Path) -> None:
 
 
 def test_a_brief_chaos_soak_answers_every_email_once(installed_project: Path) -> None:
-    """bench/chaos.py for correctness: a few emails, every fault once, the sweeps every 20 s."""
+    """bench/chaos.py for correctness: a few emails, every fault once, the sweeps every 20 s,
+    a run with no process noticed after 30 s."""
     require_postgres()
     command = [
         sys.executable,
@@ -78,11 +79,13 @@ def test_a_brief_chaos_soak_answers_every_email_once(installed_project: Path) ->
     ]
     command += ["--emails", "6", "--phase", "30", "--repeat", "1", "--seed", "3"]
     command += ["--sweep-interval", "20", "--drain-timeout", "480", "--gap", "2", "5"]
-    command += ["--warmup", "5"]
+    # Runs with no process are noticed after 30 s (Pending; Running: 3 heartbeats, 90 s).
+    command += ["--warmup", "5", "--stuck-run-seconds", "30"]
     done = subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, timeout=1200, check=False
     )
     output = done.stdout
+    print(output)  # the timeline and the report: shown on a failure, or with -rP
     summary = dict(re.findall(r"^(\w[\w ]*?):\s+(\S+)", output.partition("\nsummary\n")[2], re.M))
     assert summary, f"no summary (exit {done.returncode}):\n{output[-6000:]}\n{done.stderr[-3000:]}"
     report = f"exit {done.returncode}\n{output[-8000:]}"

@@ -147,6 +147,10 @@ class Soak:
         }
         for secret in ("MULTIMAIL_API_KEY", "MULTIMAIL_WEBHOOK_SECRET"):
             env.pop(secret, None)
+        if self.args.stuck_run_seconds is not None:
+            # A worker's flow runs inherit its environment: reconcile-inbound's bound on a run
+            # with no process (settings.toml's stuck_run_seconds), shortened for a brief run.
+            env["MULTIMAIL_STUCK_RUN_SECONDS"] = f"{self.args.stuck_run_seconds:g}"
         env.update(extra)
         return env
 
@@ -990,7 +994,12 @@ class Soak:
         say(
             f"load phase: workers poll every {self.args.worker_poll} s "
             f"(PREFECT_WORKER_QUERY_SECONDS); API faults "
-            f"{self.args.api_fault_rate:.0%} of requests"
+            f"{self.args.api_fault_rate:.0%} of requests; stuck-run bound "
+            + (
+                f"{self.args.stuck_run_seconds:g} s (MULTIMAIL_STUCK_RUN_SECONDS)"
+                if self.args.stuck_run_seconds is not None
+                else "as in settings.toml"
+            )
         )
         self.api_proxy.faults.enabled = self.args.api_fault_rate > 0
         time.sleep(self.args.warmup)
@@ -1038,6 +1047,7 @@ def main() -> None:
     parser.add_argument("--reject-share", type=float, default=0.25)
     parser.add_argument("--think", type=float, default=40.0, help="longest operator delay, s")
     parser.add_argument("--sweep-interval", type=float)
+    parser.add_argument("--stuck-run-seconds", type=float)
     parser.add_argument("--check-every", type=float, default=10.0)
     args = parser.parse_args()
     args.faults = [k.strip() for k in args.faults.split(",") if k.strip()]
