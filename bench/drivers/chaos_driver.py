@@ -565,7 +565,8 @@ class Soak:
                     runs_here = sorted({r for w, r in pairs if w is victim})
                     pids = victim.kill(signal.SIGKILL)
                     record.injected = True
-                    listed = ", ".join(f"{r[:8]} {names.get(r, '?')}" for r in runs_here)
+                    # Whole ids: Prefect's are time-ordered, so runs made together share a prefix.
+                    listed = ", ".join(f"{r} {names.get(r, '?')}" for r in runs_here)
                     record.detail = (
                         f"kill -9 {victim.name} and its {len(pids) - 1} child processes; "
                         f"its flow runs: {listed}"
@@ -744,8 +745,12 @@ class Soak:
         with self.fake() as client:
             while True:
                 for email in self.emails:
-                    done = statuses.get(email.email_id, {}).get("outcome")
-                    if done in ("answered", "rejected"):
+                    known = statuses.get(email.email_id, {})
+                    # Read again until the run has recorded its outcome too: the report shows
+                    # the tags as they are at the end, not when MultiMail sent the reply.
+                    if known.get("outcome") in ("answered", "rejected") and str(
+                        known.get("state", "")
+                    ).startswith("reply-"):
                         continue
                     with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
                         statuses[email.email_id] = self.email_status(client, email)
@@ -843,9 +848,7 @@ class Soak:
             rows.append(
                 {
                     **{k: v for k, v in asdict(email).items() if k not in ("due",)},
-                    "runs": [
-                        f"{r.state.name if r.state else '-'}:{str(r.id)[:8]}" for r in email_runs
-                    ],
+                    "runs": [f"{r.state.name if r.state else '-'}:{r.id}" for r in email_runs],
                     "replies": status["replies"],
                     "recorded": status["state"],
                     "outcome": outcome + (" (overlapping runs)" if overlap else ""),
@@ -916,6 +919,10 @@ class Soak:
         print(f"drain time:   {drained} after the last fault ({timeout})")
         other = {k: v for k, v in outcomes.items() if k not in ("answered", "rejected")}
         print(f"other outcomes: {dict(other) or 'none'}")
+        unrecorded = sum(
+            1 for r in rows if r["outcome"] == "answered" and r["recorded"] != "reply-sent"
+        )
+        print(f"answered, 'reply-sent' not recorded on the email: {unrecorded}")
         per_email = [len(runs.get(e.email_id, [])) for e in self.emails]
         print(f"runs per email: {self.spread(per_email)}")
         print(f"overlapping runs of one email: {overlaps}")
