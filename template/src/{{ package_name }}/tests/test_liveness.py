@@ -205,56 +205,58 @@ def unserved_local_deployment() -> None:
     deployment.apply()
 
 
+#: How a run dies, and what it leaves on the server.
+DEATHS: dict[str, State[None]] = {
+    "crashed": Crashed(message="Flow run infrastructure exited with non-zero status"),
+    "pending with no process": Pending(),  # its worker died while submitting it
+    "running with no heartbeat": Running(),  # its process and its worker died together
+}
+
+
 @pytest.mark.usefixtures("unserved_local_deployment")
-@pytest.mark.parametrize(
-    "death",
-    [
-        "crashed",  # its process was killed, and its worker saw it
-        "pending_with_no_process",  # its worker died while submitting it
-        "running_with_no_heartbeat",  # its process and its worker died together
-    ],
-)
-def test_reconcile_runs_a_dead_run_again_and_the_email_is_answered_once(
+def test_reconcile_runs_each_dead_run_again_and_each_email_is_answered_once(
     fake: FakeMultiMail,
     client: MultiMailClient,
     mail_env: list[MailboxState],
     approving_operator: object,
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
-    death: str,
 ) -> None:
-    inbound = _deliver(fake, mail_env, f"Dead run, {death}")
-    # Started before anything serves it, and dead before any process ran it to the end.
-    dead = _keyed_run(inbound, deployment="answer-inbound/local")
-    if death == "crashed":
-        _force(dead.id, Crashed(message="Flow run infrastructure exited with non-zero status"))
-    else:
-        _force(dead.id, Pending() if death == "pending_with_no_process" else Running())
-        # Within its bounds a run may be slow, not dead: left alone.
-        monkeypatch.setenv("MULTIMAIL_STUCK_RUN_SECONDS", "3600")
-        credentials.reset()
-        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
-            assert asyncio.run(reconcile_inbound(deployment="answer-inbound/local")) == {
-                inbound: str(dead.id)
-            }
-        assert _state(dead.id).type in (StateType.PENDING, StateType.RUNNING)
-        # Past them (shrunk here from minutes): dead.
-        monkeypatch.setenv("MULTIMAIL_STUCK_RUN_SECONDS", "0")
-        monkeypatch.setattr(reconcile, "MISSED_HEARTBEATS", 0)
-        credentials.reset()
+    # Started before anything serves them, and dead before any process ran them to the end.
+    dead: dict[str, FlowRun] = {}
+    for death, state in DEATHS.items():
+        inbound = _deliver(fake, mail_env, f"Dead run, {death}")
+        dead[inbound] = _keyed_run(inbound, deployment="answer-inbound/local")
+        _force(dead[inbound].id, state)
+    expected = {inbound: str(run.id) for inbound, run in dead.items()}
 
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
-        assert asyncio.run(reconcile_inbound(deployment="answer-inbound/local")) == {
-            inbound: str(dead.id)
-        }
-    assert _state(dead.id).name == "AwaitingRetry"  # the same run, scheduled again
+    def reconcile_pass() -> dict[str, str]:
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
+            return asyncio.run(reconcile_inbound(deployment="answer-inbound/local"))
+
+    # Within its bounds a Pending or Running run may be slow, not dead: left alone.
+    monkeypatch.setenv("MULTIMAIL_STUCK_RUN_SECONDS", "3600")
+    credentials.reset()
+    assert reconcile_pass() == expected
+    assert [_state(run.id).name for run in dead.values()] == [
+        "AwaitingRetry",  # the crashed one: the same run, scheduled again
+        "Pending",
+        "Running",
+    ]
+    # Past them (shrunk here from minutes): dead, and scheduled again too.
+    monkeypatch.setenv("MULTIMAIL_STUCK_RUN_SECONDS", "0")
+    monkeypatch.setattr(reconcile, "MISSED_HEARTBEATS", 0)
+    credentials.reset()
+    assert reconcile_pass() == expected
+    assert [_state(run.id).name for run in dead.values()] == ["AwaitingRetry"] * 3
 
     request.getfixturevalue("served_flows")  # a worker comes back
-    request.getfixturevalue("receiver")  # and the decision resumes the rerun if it suspends
-    finished = _wait_for_state(dead.id, final=True, timeout=120)
-    assert finished.state is not None
-    assert finished.state.is_completed(), finished.state
-    assert _inbound_state(client, inbound) == "reply-sent"
-    assert [reply.status for reply in _replies(client)] == ["sent"]
+    request.getfixturevalue("receiver")  # and the decisions resume the reruns that suspend
+    for inbound, run in dead.items():
+        finished = _wait_for_state(run.id, final=True, timeout=120)
+        assert finished.state is not None
+        assert finished.state.is_completed(), finished.state
+        assert _inbound_state(client, inbound) == "reply-sent"
+    assert [reply.status for reply in _replies(client)] == ["sent"] * 3
     # Answered: the next pass has nothing to do.
-    assert asyncio.run(reconcile_inbound(deployment="answer-inbound/local")) == {}
+    assert reconcile_pass() == {}
