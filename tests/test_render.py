@@ -100,10 +100,19 @@ def test_deployments_use_the_pool_schedule_and_only_the_block_name(
     }
     digest = deployments["status-digest"]
     assert digest["schedules"] == [{"cron": answers["digest_schedule"], "timezone": "UTC"}]
+    answer_queue = deployments["answer-inbound"]["work_pool"]["work_queue_name"]
+    assert answer_queue == f"{answers['project_slug']}-answer-inbound"
     for deployment in deployments.values():
         assert deployment["work_pool"]["name"] == answers["work_pool_name"]
         env = deployment["work_pool"]["job_variables"]["env"]
-        assert env == {"MULTIMAIL_API_KEY_BLOCK": answers["api_key_block"]}
+        assert env == {
+            "MULTIMAIL_API_KEY_BLOCK": answers["api_key_block"],
+            # Heartbeats every 30 s: reconcile-inbound tells a dead run from a slow one by them.
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
+        }
+        # No deployment concurrency limit: Prefect keeps its leases in memory, and a server
+        # restart leaves the slots held for good.
+        assert "concurrency_limit" not in deployment
         module, _, function = deployment["entrypoint"].rpartition(".")
         source = project / "src" / Path(*module.split(".")).with_suffix(".py")
         assert f"def {function}(" in source.read_text()
