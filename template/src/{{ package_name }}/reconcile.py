@@ -152,12 +152,17 @@ async def run_again(client: PrefectClient, run: FlowRun, reason: str) -> None:
     process is gone. A live process of the same run, if one were only slow, is harmless: the
     reply's key and the email's tags keep the answer single.
     """
-    message = f"reconcile-inbound: {reason}"
     if run.state is not None and not run.state.is_final():
-        await client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+        await mark_crashed(client, run, reason)
     await client.set_flow_run_state(
-        run.id, Scheduled(name="AwaitingRetry", message=message), force=True
+        run.id, Scheduled(name="AwaitingRetry", message=f"reconcile-inbound: {reason}"), force=True
     )
+
+
+async def mark_crashed(client: PrefectClient, run: FlowRun, reason: str) -> None:
+    """Record that `run`'s process is gone (forced: Prefect cannot know it by itself)."""
+    message = f"reconcile-inbound: {reason}"
+    await client.set_flow_run_state(run.id, Crashed(message=message), force=True)
 
 
 async def reconcile_email(
@@ -214,8 +219,7 @@ async def crash_dead_runs(client: PrefectClient, now: datetime) -> list[FlowRun]
     for run in runs:
         reason = await why_dead(client, run, now)
         if reason is not None:
-            message = f"reconcile-inbound: {reason}"
-            await client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+            await mark_crashed(client, run, reason)
             crashed.append(run)
     return crashed
 
