@@ -17,9 +17,10 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun
 
-from .inbound import ANSWER_INBOUND_DEPLOYMENT, run_key
+from .inbound import run_key
+from .namespace import ANSWER_INBOUND, flow_name
 
-ANSWER_INBOUND_FLOW = ANSWER_INBOUND_DEPLOYMENT.partition("/")[0]
+ANSWER_INBOUND_FLOW = flow_name(ANSWER_INBOUND)
 
 
 class AnswerRunNotFound(LookupError):

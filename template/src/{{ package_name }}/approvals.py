@@ -53,6 +53,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .client import MailboxNotFoundError, MultiMailAPIError, MultiMailError
 from .credentials import current_settings, shared_client
+from .namespace import PAUSE_KEY_PREFIX
 from .settings import OversightMode
 from .tasks import (
     WAITING_STATUSES,
@@ -81,14 +82,9 @@ BACKSTOP = timedelta(hours=1)
 PAGE_SIZE = 200
 
 
-def pause_key_prefix() -> str:
-    """What every pause key of this project starts with (namespaced by `project`)."""
-    return f"{current_settings().project}-decision-"
-
-
 def pause_key(email_id: str) -> str:
     """The pause key of a run waiting for the decision on outbound email `email_id`."""
-    return f"{pause_key_prefix()}{email_id}"
+    return f"{PAUSE_KEY_PREFIX}{email_id}"
 
 
 def waiter_tag(run_id: UUID | str) -> str:
@@ -289,7 +285,7 @@ async def resume_settled_waits(
     if limit is None:
         limit = current_settings().approval_timeout_seconds
     cutoff = datetime.now(UTC) - timedelta(seconds=limit)
-    prefix = pause_key_prefix()
+    prefix = PAUSE_KEY_PREFIX
     resumed = []
     async with get_client() as client:
         for run in await _paused_runs(client, page_size):

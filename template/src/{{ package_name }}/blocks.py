@@ -20,11 +20,12 @@ from typing import Literal, cast
 
 from pydantic import SecretStr
 
+from .namespace import ANSWER_INBOUND
 from .settings import Settings
 
 SaveOutcome = Literal["created", "updated", "unchanged", "kept", "skipped"]
 #: The deployment whose work queue `setup` limits.
-LIMITED_DEPLOYMENT = "answer-inbound"
+LIMITED_DEPLOYMENT = ANSWER_INBOUND
 
 
 class SetupError(RuntimeError):

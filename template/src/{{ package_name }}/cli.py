@@ -130,8 +130,8 @@ def setup(
 @app.command()
 def serve() -> None:
     """Serve the deployments of prefect.yaml locally (no work pool), with their schedules, as
-    `<flow>/local`: runs, suspends and resumes them, at most answer_concurrency_limit answer
-    runs (plus one per other deployment) at a time."""
+    `<project>-<flow>/local`: runs, suspends and resumes them, at most answer_concurrency_limit
+    answer runs (plus one per other deployment) at a time."""
     from prefect import serve as serve_deployments
 
     from .credentials import current_settings
@@ -222,13 +222,18 @@ def answer_run(
 def receiver_serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8026,
-    deployment: Annotated[
-        str,
+    served: Annotated[
+        bool,
         typer.Option(
-            help="Deployment that answers inbound mail, as FLOW/DEPLOYMENT "
-            "(answer-inbound/local under `serve`)."
+            "--served",
+            help="Start the runs on `serve`'s answer-inbound deployment (<flow>/local) instead "
+            "of prefect.yaml's.",
         ),
-    ] = "answer-inbound/answer-inbound",
+    ] = False,
+    deployment: Annotated[
+        str | None,
+        typer.Option(help="Another deployment that answers inbound mail, as FLOW/DEPLOYMENT."),
+    ] = None,
 ) -> None:
     """Receive MultiMail webhooks: start one answer-inbound run per inbound email, and resume
     the flow runs that wait for a decision.
@@ -246,6 +251,7 @@ def receiver_serve(
     from .credentials import current_settings, resolve_webhook_secret, shared_client
     from .inbound import InboundStarter, MailboxDirectory
     from .models import Mailbox
+    from .namespace import ANSWER_INBOUND, deployment_name
     from .receiver import create_receiver
     from .receiver import log as receiver_log
 
@@ -257,6 +263,7 @@ def receiver_serve(
     def read_tags(mailbox_id: str, email_id: str) -> dict[str, str]:
         return shared_client().get_tags(mailbox_id, email_id)
 
+    deployment = deployment or deployment_name(ANSWER_INBOUND, served=served)
     starter = InboundStarter(MailboxDirectory(settings, list_mailboxes), deployment=deployment)
     app_ = create_receiver(
         lambda: resolve_webhook_secret(settings), read_tags=read_tags, handlers=starter.handlers()

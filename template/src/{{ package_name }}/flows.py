@@ -24,6 +24,14 @@ from .credentials import current_settings
 from .events import reply_decided, reply_queued
 from .inbound import ANSWER_RUN_NAME
 from .models import Email
+from .namespace import (
+    ANSWER_INBOUND,
+    DRAFT_KEY_PREFIX,
+    EXPIRE_APPROVAL_WAITS,
+    PROJECT,
+    STATUS_DIGEST,
+    flow_name,
+)
 from .tasks import (
     Delivery,
     Outcome,
@@ -76,7 +84,7 @@ def draft_reply(email: Email) -> str:
 
 
 def _draft_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    return f"{current_settings().project}-draft-reply-{parameters['email'].id}"
+    return f"{DRAFT_KEY_PREFIX}{parameters['email'].id}"
 
 
 @task(
@@ -91,7 +99,11 @@ def draft(email: Email) -> str:
     return draft_reply(email)
 
 
-@flow(name="status-digest", retries=FLOW_RETRIES, retry_delay_seconds=FLOW_RETRY_DELAY_SECONDS)
+@flow(
+    name=flow_name(STATUS_DIGEST),
+    retries=FLOW_RETRIES,
+    retry_delay_seconds=FLOW_RETRY_DELAY_SECONDS,
+)
 def status_digest(recipients: list[str] | None = None, wait: WaitMode = "auto") -> Delivery:
     """Mail the team a digest of every audience's unread inbound mail and pending approvals."""
     settings = current_settings()
@@ -173,7 +185,7 @@ def _skip_reason(audience: str, inbound: Email) -> str | None:
 
 
 @flow(
-    name="answer-inbound",
+    name=flow_name(ANSWER_INBOUND),
     flow_run_name=ANSWER_RUN_NAME,
     retries=FLOW_RETRIES,
     retry_delay_seconds=FLOW_RETRY_DELAY_SECONDS,
@@ -222,7 +234,7 @@ def answer_inbound(
     tag_email(audience, email_id, {STATE_TAG: f"reply-{delivery.outcome}"})
     reply_decided(audience, reply_id, delivery.outcome)
     create_markdown_artifact(
-        key="answer-inbound",
+        key=f"{PROJECT}-answer-inbound",
         markdown=(
             f"**Re: {inbound.subject}** from {inbound.sender}: reply `{reply_id}` "
             f"**{delivery.outcome}**"
@@ -238,7 +250,7 @@ def answer_inbound(
     )
 
 
-@flow(name="expire-approval-waits")
+@flow(name=flow_name(EXPIRE_APPROVAL_WAITS))
 async def expire_approval_waits() -> list[str]:
     """Wake the runs suspended on a decision that is over: decided while no webhook reached
     the receiver (it was down longer than MultiMail's retries), or pending for longer than

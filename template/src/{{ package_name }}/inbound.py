@@ -29,15 +29,16 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from starlette.concurrency import run_in_threadpool
 
 from .models import Mailbox
+from .namespace import ANSWER_INBOUND, PROJECT_TAG, deployment_name
 from .settings import OversightMode, Settings
 
 #: The deployment that answers one inbound email (`<flow name>/<deployment name>`): the one in
-#: prefect.yaml. `serve` names its deployments `local`: use `answer-inbound/local` there.
-ANSWER_INBOUND_DEPLOYMENT = "answer-inbound/answer-inbound"
+#: prefect.yaml. Under `serve` it is `deployment_name(ANSWER_INBOUND, served=True)`.
+ANSWER_INBOUND_DEPLOYMENT = deployment_name(ANSWER_INBOUND)
 #: Webhook events that announce new inbound mail (`email.received` is MultiMail's alias).
 INBOUND_EVENTS = frozenset({"message.received", "email.received"})
 #: Tags on every run started for inbound mail.
-RUN_TAGS = ("multimail", "inbound")
+RUN_TAGS = ("multimail", PROJECT_TAG, "inbound")
 
 Verdict = Literal["answer", "not_inbound", "not_an_audience", "from_own_mailbox"]
 
@@ -202,7 +203,8 @@ class InboundStarter:
                 503,
                 {
                     "error": f"no deployment {self.deployment!r} on the Prefect server: deploy "
-                    "it (`prefect deploy --all`) or start the receiver with --deployment"
+                    "it (`prefect deploy --all`), or start the receiver with --served to use "
+                    "`serve`'s"
                 },
             )
         except (httpx.HTTPError, PrefectHTTPStatusError, TimeoutError, OSError) as error:

@@ -3,7 +3,8 @@
 prefect.yaml is the one place that names the deployments and sets their schedules,
 concurrency limits, tags and parameters: `serve` reads it, so a schedule changed there changes
 for `prefect deploy` and for `serve` alike. Served deployments are named `local`
-(`answer-inbound/local`); build, push, pull steps and work pools do not apply to them.
+(`<project>-answer-inbound/local`, see `namespace.py`); build, push, pull steps and work pools
+do not apply to them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron, Interval, RRule, Schedule
 from prefect.types.entrypoint import EntrypointType
 
-LOCAL_NAME = "local"
+from .namespace import SERVED_DEPLOYMENT_NAME
 
 
 def prefect_yaml() -> Path:
@@ -77,7 +78,7 @@ def served_deployments(path: Path | None = None) -> list[RunnerDeployment]:
         served.append(
             RunnerDeployment.from_flow(
                 load_flow(deployment["entrypoint"]),
-                name=LOCAL_NAME,
+                name=SERVED_DEPLOYMENT_NAME,
                 description=deployment.get("description"),
                 tags=deployment.get("tags"),
                 parameters=deployment.get("parameters"),

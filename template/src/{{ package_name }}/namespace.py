@@ -69,8 +69,6 @@ def deployment_name(short: str, *, served: bool = False) -> str:
     return f"{flow_name(short)}/{SERVED_DEPLOYMENT_NAME if served else short}"
 
 
-#: answer-inbound's own work queue, whose limit `setup` sets (prefect.yaml renders the same name).
-ANSWER_QUEUE: Final = f"{PROJECT}-answer-inbound"
 #: The Prefect Variable where the audit export stands.
 AUDIT_CURSOR_VARIABLE: Final = f"{PROJECT}-audit-export"
 #: What every pause key of this project starts with: the expiry sweep touches no other run.

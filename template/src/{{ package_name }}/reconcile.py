@@ -55,8 +55,14 @@ from .audit_export import export_audit_log
 from .client import MultiMailError
 from .credentials import current_settings, shared_client
 from .flows import FINAL_OUTCOMES, STATE_TAG, expire_approval_waits, status_digest
-from .inbound import ANSWER_INBOUND_DEPLOYMENT, RUN_TAGS, MailboxDirectory, start_answer
-from .local_deployments import LOCAL_NAME
+from .inbound import RUN_TAGS, MailboxDirectory, start_answer
+from .namespace import (
+    ANSWER_INBOUND,
+    RECONCILE_INBOUND,
+    SERVED_DEPLOYMENT_NAME,
+    deployment_name,
+    flow_name,
+)
 from .settings import OversightMode
 from .tasks import mail_task
 
@@ -187,11 +193,9 @@ async def reconcile_email(
 
 
 def answer_deployment() -> str:
-    """The answer-inbound deployment beside this run's own: `answer-inbound/local` when served
-    by `serve`, else the one prefect.yaml deploys."""
-    if this_deployment.name == LOCAL_NAME:
-        return f"answer-inbound/{LOCAL_NAME}"
-    return ANSWER_INBOUND_DEPLOYMENT
+    """The answer-inbound deployment beside this run's own: `serve`'s (`.../local`) when this
+    run was served, else the one prefect.yaml deploys."""
+    return deployment_name(ANSWER_INBOUND, served=this_deployment.name == SERVED_DEPLOYMENT_NAME)
 
 
 #: This project's flows other than answer-inbound, whose dead runs are only marked Crashed.
@@ -199,7 +203,7 @@ SCHEDULED_FLOWS = (
     status_digest.name,
     expire_approval_waits.name,
     export_audit_log.name,
-    "reconcile-inbound",
+    flow_name(RECONCILE_INBOUND),
 )
 
 
@@ -224,7 +228,7 @@ async def crash_dead_runs(client: PrefectClient, now: datetime) -> list[FlowRun]
     return crashed
 
 
-@flow(name="reconcile-inbound")
+@flow(name=flow_name(RECONCILE_INBOUND))
 async def reconcile_inbound(
     deployment: str | None = None, lookback_hours: float = 24.0
 ) -> dict[str, str]:

@@ -133,11 +133,6 @@ class Settings(BaseSettings):
     max_replies_per_thread_per_day: int = Field(default=3, ge=1)
     answer_concurrency_limit: int = Field(default=4, ge=1)
     stuck_run_seconds: float = Field(default=180.0, ge=0)
-    project: str = Field(
-        default="multimail",
-        pattern=r"^[a-z0-9][a-z0-9-]*$",
-        description="Namespace of this project's pause keys on a shared Prefect server.",
-    )
     digest: DigestSettings
     replies: ReplySettings
     audiences: dict[str, Audience] = Field(min_length=1)

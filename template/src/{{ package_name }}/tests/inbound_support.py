@@ -33,11 +33,12 @@ from ..client import MultiMailClient
 from ..fake import FakeMultiMail
 from ..flows import answer_inbound
 from ..inbound import InboundStarter, MailboxDirectory, run_key
+from ..namespace import ANSWER_INBOUND, deployment_name
 from ..receiver import create_receiver
 from ..serving import BackgroundServer
 
-DEPLOYMENT_NAME = "answer-inbound"
-DEPLOYMENT = f"answer-inbound/{DEPLOYMENT_NAME}"
+DEPLOYMENT_NAME = ANSWER_INBOUND
+DEPLOYMENT = deployment_name(ANSWER_INBOUND)
 WEBHOOK_PATH = "/multimail/webhook"
 
 

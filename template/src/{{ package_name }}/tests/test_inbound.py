@@ -13,6 +13,7 @@ import pytest
 from prefect.client.orchestration import PrefectClient
 
 from .. import credentials
+from ..answer_runs import ANSWER_INBOUND_FLOW
 from ..client import MultiMailClient
 from ..fake import FakeMultiMail, sign
 from ..inbound import RUN_TAGS, run_key
@@ -133,10 +134,10 @@ def test_a_missing_deployment_is_a_503_that_names_it(
     mail_env: list[MailboxState], receiver: Receiver, answer_deployment: UUID
 ) -> None:
     state = _answering(mail_env)[0]
-    receiver.restart("answer-inbound/nowhere")
+    receiver.restart(f"{ANSWER_INBOUND_FLOW}/nowhere")
     answer = receiver.post(_payload("01JNOSUCHEMAIL000000000000", state.mailbox_id))
     assert answer.status_code == 503
-    assert "answer-inbound/nowhere" in answer.json()["error"]
+    assert f"{ANSWER_INBOUND_FLOW}/nowhere" in answer.json()["error"]
 
 
 def test_a_forged_signature_is_401_and_starts_nothing(

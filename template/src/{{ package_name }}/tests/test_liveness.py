@@ -28,6 +28,7 @@ from ..fake import FakeMultiMail
 from ..flows import ReplyReport, answer_inbound, expire_approval_waits
 from ..inbound import start_answer
 from ..local_deployments import served_deployments
+from ..namespace import ANSWER_INBOUND, deployment_name
 from ..provision import MailboxState
 from ..reconcile import reconcile_inbound
 from .inbound_support import DEPLOYMENT, answer_deployment
@@ -41,6 +42,9 @@ from .test_suspend import (
     receiver,
     served_flows,
 )
+
+#: `serve`'s answer-inbound deployment, which these tests register and serve.
+SERVED_ANSWER = deployment_name(ANSWER_INBOUND, served=True)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("gated_audience", "prefect_server")]
 __all__ = ["answer_deployment", "receiver", "served_flows"]
@@ -200,8 +204,9 @@ def test_a_decision_no_webhook_delivered_continues_the_run_at_the_next_sweep(
 
 @pytest.fixture
 def unserved_local_deployment() -> None:
-    """answer-inbound/local registered as `serve` registers it, before anything serves it."""
-    (deployment,) = [d for d in served_deployments() if d.flow_name == "answer-inbound"]
+    """answer-inbound's `local` twin registered as `serve` registers it, before anything
+    serves it."""
+    (deployment,) = [d for d in served_deployments() if d.flow_name == answer_inbound.name]
     deployment.apply()
 
 
@@ -226,13 +231,13 @@ def test_reconcile_runs_each_dead_run_again_and_each_email_is_answered_once(
     dead: dict[str, FlowRun] = {}
     for death, state in DEATHS.items():
         inbound = _deliver(fake, mail_env, f"Dead run, {death}")
-        dead[inbound] = _keyed_run(inbound, deployment="answer-inbound/local")
+        dead[inbound] = _keyed_run(inbound, deployment=SERVED_ANSWER)
         _force(dead[inbound].id, state)
     expected = {inbound: str(run.id) for inbound, run in dead.items()}
 
     def reconcile_pass() -> dict[str, str]:
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
-            return asyncio.run(reconcile_inbound(deployment="answer-inbound/local"))
+            return asyncio.run(reconcile_inbound(deployment=SERVED_ANSWER))
 
     # Within its bounds a Pending or Running run may be slow, not dead: left alone.
     monkeypatch.setenv("MULTIMAIL_STUCK_RUN_SECONDS", "3600")

@@ -11,7 +11,8 @@ from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from typer.testing import CliRunner
 
 from .. import cli
-from ..local_deployments import LOCAL_NAME, prefect_yaml, served_deployments, to_schedule
+from ..local_deployments import prefect_yaml, served_deployments, to_schedule
+from ..namespace import PROJECT_TAG, SERVED_DEPLOYMENT_NAME, flow_name
 
 
 def deployed() -> list[dict[str, Any]]:
@@ -24,9 +25,11 @@ def test_every_deployment_of_prefect_yaml_is_served_with_its_schedules_and_limit
     assert set(served) == {d["entrypoint"] for d in deployed()}
     for deployment in deployed():
         local = served[deployment["entrypoint"]]
-        assert local.name == LOCAL_NAME
-        # Served as `answer-inbound/local` beside the deployed `answer-inbound/answer-inbound`.
-        assert local.flow_name == deployment["name"]
+        assert local.name == SERVED_DEPLOYMENT_NAME
+        # Served as `<project>-answer-inbound/local` beside the deployed
+        # `<project>-answer-inbound/answer-inbound`: each deployment is named after its flow.
+        assert local.flow_name == flow_name(deployment["name"])
+        assert PROJECT_TAG in deployment["tags"]
         assert local.tags == deployment.get("tags", [])
         assert local.concurrency_limit == deployment.get("concurrency_limit")
         wanted = deployment.get("schedules") or []

@@ -36,9 +36,13 @@ from ..client import MultiMailClient
 from ..demo import Operator
 from ..fake import FakeMultiMail
 from ..models import EmailSummary
+from ..namespace import ANSWER_INBOUND, PROJECT, deployment_name
 from ..provision import MailboxState, subscribe_receiver
 from ..receiver import create_receiver
 from ..serving import BackgroundServer
+
+#: `serve`'s answer-inbound deployment, the one the served runner of these tests runs.
+SERVED_ANSWER = deployment_name(ANSWER_INBOUND, served=True)
 
 # Every test here replies through the test's own gated audience (before `mail_env` provisions).
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("gated_audience", "prefect_server")]
@@ -65,7 +69,7 @@ def _serve(cwd: Path, env: dict[str, str]) -> Iterator[None]:
             stderr=subprocess.STDOUT,
         )
     try:
-        _wait_for_deployment("answer-inbound/local", process, log)
+        _wait_for_deployment(SERVED_ANSWER, process, log)
         yield
     finally:
         process.terminate()
@@ -139,7 +143,7 @@ def _suspended_answer(
     run = cast(
         FlowRun,
         run_deployment(
-            "answer-inbound/local", parameters={"email_id": inbound, "wait": "suspend"}, timeout=0
+            SERVED_ANSWER, parameters={"email_id": inbound, "wait": "suspend"}, timeout=0
         ),
     )
     suspended = _wait_for_state(run.id, final=False)
@@ -278,7 +282,7 @@ def test_a_parent_fanning_out_with_run_deployment_gets_completed_children(
             cast(
                 FlowRun,
                 run_deployment(
-                    "answer-inbound/local",
+                    SERVED_ANSWER,
                     parameters={"email_id": email_id},
                     as_subflow=as_subflow,
                     timeout=180,
@@ -341,7 +345,7 @@ def test_a_deployed_run_takes_the_key_from_the_secret_block_not_a_dot_env(
         run = cast(
             FlowRun,
             run_deployment(
-                "answer-inbound/local",
+                SERVED_ANSWER,
                 parameters={"email_id": inbound, "wait": "poll"},
                 timeout=120,
                 poll_interval=1,
@@ -357,7 +361,7 @@ def test_the_expiry_sweep_pages_through_every_paused_run_and_only_this_projects(
 ) -> None:
     """Two projects share one Prefect server: each sweep wakes only its own expired waits,
     however many paused runs there are (here more than a page)."""
-    own = credentials.current_settings().project
+    own = PROJECT
 
     @flow
     def waiting() -> None:
