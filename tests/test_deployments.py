@@ -78,6 +78,10 @@ def check_common(
     answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
     config = yaml.safe_load((project / prefect_file).read_text())
     by_name = {name.split("/")[1]: d for name, d in deployed.items()}
+    # Each flow carries the project, so that another project on the server keeps its own.
+    for name in deployed:
+        flow, deployment_name = name.split("/")
+        assert flow == f"{answers['project_slug']}-{deployment_name.removesuffix(suffix)}"
     assert {f"{flow}{suffix}" for flow in FLOWS} <= set(by_name)
     assert set(by_name) == {d["name"] for d in config["deployments"]}
     for written in config["deployments"]:

@@ -20,6 +20,7 @@ import subprocess
 import time
 import tomllib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import httpx
 import pytest
 import yaml
 
-from .conftest import project_command, run
+from .conftest import project_command, render_template, run, uv
 from .prefect_postgres import (
     PrefectOnPostgres,
     free_port,
@@ -42,7 +43,6 @@ __all__ = ["prefect_on_postgres"]  # the fixture, imported for pytest
 
 pytestmark = pytest.mark.slow
 
-DEPLOYMENT = "answer-inbound/answer-inbound"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 SIGNATURE_HEADER = "X-MultiMail-Signature"
 #: Inbound messages delivered at once while two process workers poll the pool.
@@ -72,6 +72,16 @@ class Stack:
     logs: Path
     mailboxes: dict[str, dict[str, Any]]  # audience -> the fake's mailbox
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def slug(self) -> str:
+        return str(
+            yaml.safe_load((self.project / ".copier-answers.yml").read_text())["project_slug"]
+        )
+
+    def deployment(self, name: str) -> str:
+        """FLOW/DEPLOYMENT of deployment `name` of prefect.yaml: the flows carry the project."""
+        return f"{self.slug}-{name}/{name}"
 
     def env(self, **extra: str) -> dict[str, str]:
         return prefect_env(
@@ -124,7 +134,7 @@ class Stack:
     def runs_for(self, email_id: str) -> list[dict[str, Any]]:
         """Every answer-inbound flow run whose parameters name `email_id`."""
         with self.prefect() as api:
-            deployment = api.get(f"/deployments/name/{DEPLOYMENT}").json()
+            deployment = api.get(f"/deployments/name/{self.deployment('answer-inbound')}").json()
             runs = api.post(
                 "/flow_runs/filter",
                 json={"deployments": {"id": {"any_": [deployment["id"]]}}, "limit": 200},
@@ -158,20 +168,16 @@ class Stack:
         return found
 
 
-@pytest.fixture(scope="module")
-def stack(
-    installed_project: Path,
-    prefect_on_postgres: PrefectOnPostgres,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Stack]:
-    """Fake MultiMail, mailboxes, deployments and one worker, as a user sets them up."""
-    logs = tmp_path_factory.mktemp("postgres-e2e")
-    answers = yaml.safe_load((installed_project / ".copier-answers.yml").read_text())
+@contextmanager
+def stood_up(project: Path, server: PrefectOnPostgres, logs: Path) -> Iterator[Stack]:
+    """Fake MultiMail, mailboxes, deployments and one worker of `project`, as a user sets them
+    up (each project its own fake: its own MultiMail account)."""
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
     fake_log = logs / "fake.log"
     fake = start_process(
-        project_command(installed_project, "fake", "serve", "--port", "0"),
-        installed_project,
-        prefect_env(prefect_on_postgres, logs / "prefect-home"),
+        project_command(project, "fake", "serve", "--port", "0"),
+        project,
+        prefect_env(server, logs / "prefect-home"),
         fake_log,
     )
     url = wait_for(
@@ -183,8 +189,8 @@ def stack(
         f"{url}/_fake/keys", json={"scopes": ["read", "send", "admin"], "name": "flows"}
     ).json()["api_key"]
     stack = Stack(
-        installed_project,
-        prefect_on_postgres,
+        project,
+        server,
         url,
         key,
         answers["work_pool_name"],
@@ -202,7 +208,7 @@ def stack(
             f"--code={audience}={message['code']}"
             for message in inbox
             if message.get("kind") == "upgrade_code"
-            for audience, settings in answers_audiences(installed_project).items()
+            for audience, settings in answers_audiences(project).items()
             if by_id[message["mailbox_id"]]["address"].split("@")[0] == settings["mailbox"]
         ]
         if codes:
@@ -211,21 +217,33 @@ def stack(
             mailboxes = mail.get("/v1/mailboxes").json()["mailboxes"]
         stack.mailboxes = {
             audience: next(m for m in mailboxes if m["address"].split("@")[0] == a["mailbox"])
-            for audience, a in answers_audiences(installed_project).items()
+            for audience, a in answers_audiences(project).items()
         }
-        prefect = str(installed_project / ".venv" / "bin" / "prefect")
+        prefect = str(project / ".venv" / "bin" / "prefect")
         run(
             [prefect, "work-pool", "create", stack.pool, "--type", "process", "--overwrite"],
-            installed_project,
+            project,
             120,
             stack.env(),
         )
-        run([prefect, "--no-prompt", "deploy", "--all"], installed_project, 300, stack.env())
+        run([prefect, "--no-prompt", "deploy", "--all"], project, 300, stack.env())
         stack.start_worker("worker-1")
         yield stack
     finally:
         for process in reversed(stack.processes):
             stop_process(process)
+
+
+@pytest.fixture(scope="module")
+def stack(
+    installed_project: Path,
+    prefect_on_postgres: PrefectOnPostgres,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    """The default render, deployed and running on the session's server."""
+    logs = tmp_path_factory.mktemp("postgres-e2e")
+    with stood_up(installed_project, prefect_on_postgres, logs) as stack:
+        yield stack
 
 
 def answers_audiences(project: Path) -> dict[str, dict[str, str]]:
@@ -282,6 +300,25 @@ def start_receiver(stack: Stack, port: int) -> subprocess.Popen[bytes]:
     return receiver
 
 
+def serve_webhooks(stack: Stack) -> tuple[int, str, subprocess.Popen[bytes]]:
+    """Subscribe a new receiver to the stack's fake, `setup` its key and signing secret, start it.
+
+    Returns its port, the signing secret and its process."""
+    port = free_port()
+    with stack.mail() as mail:
+        subscription = mail.post(
+            "/v1/webhooks",
+            json={
+                "url": f"http://127.0.0.1:{port}/multimail/webhook",
+                "events": ["message.received"],
+            },
+        )
+        subscription.raise_for_status()
+    secret = str(subscription.json()["signing_secret"])
+    stack.cli("setup", MULTIMAIL_API_KEY=stack.key, MULTIMAIL_WEBHOOK_SECRET=secret)
+    return port, secret, start_receiver(stack, port)
+
+
 def signed_delivery(secret: str, data: dict[str, Any], delivery_id: str) -> tuple[bytes, str]:
     body = json.dumps(
         {
@@ -300,17 +337,8 @@ def test_inbound_mail_is_answered_once_per_message_on_postgres(stack: Stack) -> 
     gated = audience_in_mode(stack, "gated_send", "gated_all")
 
     # 1. The receiver, subscribed as a user does; `setup` stores the key and signing secret.
-    port = free_port()
+    port, secret, receiver = serve_webhooks(stack)
     url = f"http://127.0.0.1:{port}/multimail/webhook"
-    with stack.mail() as mail:
-        subscription = mail.post(
-            "/v1/webhooks",
-            json={"url": url, "events": ["message.received"]},
-        )
-        subscription.raise_for_status()
-    secret = subscription.json()["signing_secret"]
-    stack.cli("setup", MULTIMAIL_API_KEY=stack.key, MULTIMAIL_WEBHOOK_SECRET=secret)
-    receiver = start_receiver(stack, port)
 
     # 2. Inbound mail -> signed webhook -> receiver -> run on the worker -> reply, per audience.
     email_id = stack.deliver_inbound(autonomous, "first delivery")
@@ -397,3 +425,109 @@ def test_inbound_mail_is_answered_once_per_message_on_postgres(stack: Stack) -> 
     burst = [stack.deliver_inbound(autonomous, f"burst {n}") for n in range(BURST)]
     for burst_id in burst:
         check_answered_once(stack, burst_id, autonomous)
+
+
+#: A second project on the same server: other answers (so other names), its own MultiMail
+#: account (its own fake), the same audiences.
+BILLING = {"project_name": "Billing Mail", "digest_schedule": "0 9 * * 1"}
+#: Every deployment of prefect.yaml.
+DEPLOYMENTS = (
+    "status-digest",
+    "answer-inbound",
+    "expire-approval-waits",
+    "reconcile-inbound",
+    "export-audit-log",
+)
+
+
+def own_events(stack: Stack, since: str) -> list[dict[str, Any]]:
+    """The `multimail.*` events since `since` labelled with the stack's project."""
+    with stack.prefect() as api:
+        answer = api.post(
+            "/events/filter",
+            json={
+                "filter": {
+                    "occurred": {"since": since},
+                    "event": {"prefix": ["multimail."]},
+                    "resource": {"labels": {"multimail.project": [stack.slug]}},
+                },
+                "limit": 50,
+            },
+        )
+        answer.raise_for_status()
+    events: list[dict[str, Any]] = answer.json()["events"]
+    return events
+
+
+def test_two_projects_on_one_server_keep_to_their_own(
+    stack: Stack, prefect_on_postgres: PrefectOnPostgres, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A second project deployed to the same server leaves the first one's deployments, runs,
+    Variables and events alone, and each answers its own inbound mail."""
+    root = tmp_path_factory.mktemp("second-project")
+    billing_project = render_template(root / "billing-mail", BILLING)
+    run([uv(), "sync", "--quiet"], billing_project, 600)
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 5))
+    with stood_up(billing_project, prefect_on_postgres, root) as billing:
+        assert billing.slug != stack.slug
+        for each in (stack, billing):
+            serve_webhooks(each)
+        # Each project's deployments are its own, after both deployed: code, pool, Secret block.
+        with stack.prefect() as api:
+            for each in (stack, billing):
+                answers = yaml.safe_load((each.project / ".copier-answers.yml").read_text())
+                for name in DEPLOYMENTS:
+                    found = api.get(f"/deployments/name/{each.deployment(name)}")
+                    assert found.status_code == 200, (each.deployment(name), found.text)
+                    deployment = found.json()
+                    assert deployment["entrypoint"].startswith(answers["package_name"] + ".")
+                    assert deployment["work_pool_name"] == each.pool
+                    env = deployment["job_variables"]["env"]
+                    assert env["MULTIMAIL_API_KEY_BLOCK"] == answers["api_key_block"]
+                    assert each.slug in deployment["tags"]
+        # One inbound email each, answered once, by its own project's run and mailbox.
+        delivered = {
+            each.slug: (each, each.deliver_inbound(audience_in_mode(each, "autonomous"), each.slug))
+            for each in (stack, billing)
+        }
+        for each, email_id in delivered.values():
+            finished = check_answered_once(each, email_id, audience_in_mode(each, "autonomous"))
+            assert each.slug in finished["tags"]
+        # Each audit export keeps its own cursor, recording its own account.
+        for each in (stack, billing):
+            run(
+                [
+                    str(each.project / ".venv" / "bin" / "prefect"),
+                    "deployment",
+                    "run",
+                    each.deployment("export-audit-log"),
+                    "--watch",
+                ],
+                each.project,
+                180,
+                each.env(),
+            )
+        with stack.prefect() as api:
+            cursors = {
+                each.slug: api.get(f"/variables/name/{each.slug}-audit-export")
+                for each in (stack, billing)
+            }
+        assert all(c.status_code == 200 for c in cursors.values()), cursors
+        assert cursors[stack.slug].json()["value"] != cursors[billing.slug].json()["value"]
+        # Events: each project's own carry its label and are about its own mail only.
+        for each, email_id in delivered.values():
+
+            def decided(each: Stack = each) -> list[dict[str, Any]]:
+                return [
+                    e for e in own_events(each, since) if e["event"] == "multimail.reply.decided"
+                ]
+
+            events = wait_for(f"{each.slug}'s reply events", decided, 60)
+            inbound = [
+                r["prefect.resource.id"]
+                for e in own_events(each, since)
+                for r in e.get("related", [])
+                if r.get("prefect.resource.role") == "inbound"
+            ]
+            assert inbound == [f"multimail.email.{email_id}"], inbound
+            assert len(events) == 1, events

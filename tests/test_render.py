@@ -113,6 +113,8 @@ def test_deployments_use_the_pool_schedule_and_only_the_block_name(
         # No deployment concurrency limit: Prefect keeps its leases in memory, and a server
         # restart leaves the slots held for good.
         assert "concurrency_limit" not in deployment
+        # The project's tag: its runs are found by it on a server that other projects share.
+        assert deployment["tags"] == ["multimail", answers["project_slug"]]
         module, _, function = deployment["entrypoint"].rpartition(".")
         source = project / "src" / Path(*module.split(".")).with_suffix(".py")
         assert f"def {function}(" in source.read_text()

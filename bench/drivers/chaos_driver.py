@@ -328,7 +328,10 @@ class Soak:
         for deployment in deployments:
             flow_name = self.prefect(lambda c, f: c.read_flow(f).name, "?", deployment.flow_id)
             self.deployment_ids[f"{flow_name}/{deployment.name}"] = deployment.id
-        self.answer_deployment = self.deployment_ids.get("answer-inbound/answer-inbound")
+        namespace = importlib.import_module(f"{self.pkg}.namespace")
+        self.answer_deployment = self.deployment_ids.get(
+            namespace.deployment_name(namespace.ANSWER_INBOUND)
+        )
         if self.answer_deployment is None:
             raise RuntimeError(f"no answer-inbound deployment among {sorted(self.deployment_ids)}")
         say(f"deployed: {', '.join(sorted(self.deployment_ids))}")

@@ -90,6 +90,8 @@ def main() -> None:
         receiver = importlib.import_module(f"{pkg}.receiver")
         serving = importlib.import_module(f"{pkg}.serving")
         provision = importlib.import_module(f"{pkg}.provision")
+        namespace = importlib.import_module(f"{pkg}.namespace")
+        served_answer = namespace.deployment_name(namespace.ANSWER_INBOUND, served=True)
 
         with prefect_test_harness(server_startup_timeout=120):
             # Poll: the flow run waits in-process.
@@ -132,7 +134,7 @@ def main() -> None:
                     deadline = time.monotonic() + 60
                     while True:
                         try:
-                            prefect_client.read_deployment_by_name("answer-inbound/local")
+                            prefect_client.read_deployment_by_name(served_answer)
                             break
                         except Exception:
                             if time.monotonic() > deadline:
@@ -147,7 +149,7 @@ def main() -> None:
                         run = cast(
                             FlowRun,
                             run_deployment(
-                                "answer-inbound/local",
+                                served_answer,
                                 parameters={"email_id": inbound, "wait": "suspend"},
                                 timeout=0,
                             ),

@@ -177,11 +177,12 @@ def measure(
         "PREFECT_RUNNER_POLL_FREQUENCY": str(int(max(1, args.poll))),
         "PREFECT_WORKER_QUERY_SECONDS": str(args.poll),
     }
+    namespace = importlib.import_module(f"{pkg}.namespace")
     if args.executor == "worker":
         deploy_for_worker(pkg, args.limit, env)
-        deployment = "answer-inbound/answer-inbound"
+        deployment = namespace.deployment_name(namespace.ANSWER_INBOUND)
     else:
-        deployment = "answer-inbound/local"
+        deployment = namespace.deployment_name(namespace.ANSWER_INBOUND, served=True)
     executor = start_executor(args, pkg, env)
     try:
         with get_client(sync_client=True) as prefect_client:
