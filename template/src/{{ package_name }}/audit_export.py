@@ -1,4 +1,4 @@
-"""MultiMail's audit log, exported to Prefect as events: `export-audit-log`.
+"""MultiMail's audit log, exported to Prefect as events: the flow `<project>-export-audit-log`.
 
 Each audit entry becomes one event `multimail.audit.<action>` (e.g. `multimail.audit.email.send`)
 on the email, mailbox, webhook or key it concerns, at the time it happened, so the audit trail
@@ -7,6 +7,11 @@ sits in the Event Feed next to the flow runs that caused it, and automations can
 MultiMail lists the log newest first, with a cursor towards older entries. An export walks
 from the newest entry down to the newest one the previous export reached; where it stands is
 kept in a Prefect Variable after every page, so a crashed run is continued by the next one.
+The Variable is this project's (`<project>-audit-export`, namespace.py) and names the MultiMail
+account whose log it walks: a position of another account (another project on the same Prefect
+server, or this project moved to a new account) is refused, since exporting from it would skip
+this account's older entries. A position without an account, as older versions wrote it, is
+taken over for the current account.
 Every event id is derived from the audit entry's id: an entry emitted twice (a crash between
 emitting and saving the cursor, or a lost Variable) is stored once. Events carry ids, action
 names and statuses only: addresses, subjects, bodies and free-text reasons stay in MultiMail.
@@ -26,11 +31,10 @@ from pydantic import BaseModel, ConfigDict
 
 from .credentials import shared_client
 from .events import event_id, related, resource
-from .models import AuditEntry, AuditPage
+from .models import Account, AuditEntry, AuditPage
+from .namespace import AUDIT_CURSOR_VARIABLE, EXPORT_AUDIT_LOG, flow_name
 from .tasks import mail_task
 
-#: The Prefect Variable that holds where the export stands.
-CURSOR_VARIABLE = "multimail_audit_export"
 #: Metadata that may leave MultiMail: statuses, modes, names of things. Anything else (from,
 #: to, subject, reason, url, tag values, ...) is left out.
 SAFE_METADATA = frozenset(
@@ -58,15 +62,58 @@ _KINDS = {"api_key": "api-key"}
 class ExportPosition(BaseModel):
     """Where the export stands (the Variable's value).
 
+    `account`: the id of the MultiMail account whose audit log this is (`account_slug`, its
+    slug, for messages); None in positions written by versions before it was recorded.
     `exported_through`: the newest entry a finished export reached. While an export runs:
     `newest`, the entry it started from, and `cursor`, the page to read next.
     """
 
     model_config = ConfigDict(frozen=True)
 
+    account: str | None = None
+    account_slug: str | None = None
     exported_through: str | None = None
     newest: str | None = None
     cursor: str | None = None
+
+
+class CursorOfAnotherAccount(RuntimeError):
+    """The Variable holds the position of another MultiMail account's audit log."""
+
+
+def _named(account_id: str, slug: str | None) -> str:
+    return f"{slug} ({account_id})" if slug else account_id
+
+
+def own_position(saved: Any, account: Account, variable: str) -> ExportPosition:
+    """The position stored in `variable` (`saved`, its value), as this account's.
+
+    A position of another account raises `CursorOfAnotherAccount`, with what to do; one
+    without an account (written by an older version) is taken over, and the log says so.
+    """
+    position = ExportPosition.model_validate(saved or {})
+    if position.account is None:
+        if saved:
+            get_run_logger().warning(
+                "The audit export position in Prefect Variable %r names no MultiMail account "
+                "(an older version wrote it); continuing from it for account %s.",
+                variable,
+                _named(account.id, account.slug),
+            )
+        return position.model_copy(update={"account": account.id, "account_slug": account.slug})
+    if position.account != account.id:
+        raise CursorOfAnotherAccount(
+            f"The audit export position in Prefect Variable {variable!r} belongs to MultiMail "
+            f"account {_named(position.account, position.account_slug)}, but this project's "
+            f"API key is of account {_named(account.id, account.slug)}; exporting from that "
+            "position would skip this account's entries, so nothing was exported. If this "
+            f"project moved to account {account.slug or account.id}, delete the old position "
+            f"(`prefect variable unset {variable}`): the next run exports the whole audit log, "
+            "and events already in Prefect are not stored twice. If another project on this "
+            "Prefect server uses that account, give each project its own `project` in "
+            "settings.toml (the Variable is named after it)."
+        )
+    return position.model_copy(update={"account_slug": account.slug})
 
 
 def _safe(value: Any) -> Any:
@@ -111,24 +158,31 @@ def audit_event(entry: AuditEntry) -> Event:
 
 
 @mail_task
+def read_account() -> Account:
+    """The MultiMail account of this project's API key (`read` scope, which `admin` includes)."""
+    return shared_client().account()
+
+
+@mail_task
 def read_audit_page(limit: int, cursor: str | None) -> AuditPage:
     """One page of the audit log, newest first (needs a key with the `admin` scope)."""
     return shared_client().audit_log(limit=limit, cursor=cursor)
 
 
-@flow(name="export-audit-log")
+@flow(name=flow_name(EXPORT_AUDIT_LOG))
 async def export_audit_log(
     page_size: int = 50,
     max_pages: int | None = None,
-    cursor_variable: str = CURSOR_VARIABLE,
+    cursor_variable: str = AUDIT_CURSOR_VARIABLE,
 ) -> int:
     """Emit every audit entry not exported yet as a Prefect event; returns how many.
 
     Scheduled every 5 minutes in prefect.yaml and by `serve`. `max_pages` bounds one run's
-    work; the next run continues where it stopped.
+    work; the next run continues where it stopped. Refuses (CursorOfAnotherAccount) to go on
+    from the position of another MultiMail account.
     """
-    saved = await Variable.aget(cursor_variable)
-    position = ExportPosition.model_validate(saved or {})
+    account = read_account()
+    position = own_position(await Variable.aget(cursor_variable), account, cursor_variable)
     exported: list[AuditEntry] = []
     pages = 0
     # Continuing a crashed export ends at the entries it had started from; one more pass from
@@ -147,10 +201,12 @@ async def export_audit_log(
             exported.extend(new)
             newest = position.newest or (page.entries[0].id if page.entries else through)
             if page.cursor is None or len(new) < len(page.entries):
-                position = ExportPosition(exported_through=newest)
+                position = position.model_copy(
+                    update={"exported_through": newest, "newest": None, "cursor": None}
+                )
             else:
-                position = ExportPosition(
-                    exported_through=through, newest=newest, cursor=page.cursor
+                position = position.model_copy(
+                    update={"exported_through": through, "newest": newest, "cursor": page.cursor}
                 )
             await Variable.aset(cursor_variable, position.model_dump(), overwrite=True)
             if position.cursor is None:

@@ -1,10 +1,16 @@
 """export-audit-log: N audit entries in MultiMail → N events in Prefect, none missing and none
-doubled after a crash mid-export, a rerun, or a lost cursor; no address, body or key in them."""
+doubled after a crash mid-export, a rerun, or a lost cursor; no address, body or key in them.
+The position is the project's own and the account's own: another project on the same server
+does not move it, and a position of another account is refused."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -21,16 +27,18 @@ from prefect.events.filters import (
     EventResourceFilter,
 )
 from prefect.events.schemas.events import ReceivedEvent
+from prefect.settings import PREFECT_API_URL
 from prefect.variables import Variable
 from pydantic import SecretStr
 
 from .. import credentials
-from ..audit_export import CURSOR_VARIABLE, export_audit_log
+from ..audit_export import CursorOfAnotherAccount, export_audit_log
 from ..client import MultiMailClient
 from ..events import reply_decided, reply_queued
 from ..fake import FakeMultiMail
 from ..flows import answer_inbound
 from ..models import AuditEntry
+from ..namespace import AUDIT_CURSOR_VARIABLE, PROJECT_VARIABLE
 from ..provision import MailboxState
 from ..settings import OversightMode
 from .inbound_support import wait_until_released
@@ -41,7 +49,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 @pytest.fixture
 def cursor_variable() -> Iterator[str]:
     """A Variable of this test's own (the session's server is shared)."""
-    name = f"{CURSOR_VARIABLE}_{uuid.uuid4().hex[:8]}"
+    name = f"{AUDIT_CURSOR_VARIABLE}-{uuid.uuid4().hex[:8]}"
     yield name
     Variable.unset(name)
 
@@ -164,6 +172,138 @@ def test_a_crash_mid_export_then_reruns_miss_nothing_and_double_nothing(
         entries
     )
     _assert_once_each(entries)
+
+
+def test_a_position_of_another_account_is_refused_and_nothing_is_emitted(
+    mail_env: list[MailboxState],
+    fake: FakeMultiMail,
+    client: MultiMailClient,
+    cursor_variable: str,
+) -> None:
+    _make_activity(client, fake, mail_env[0].address, 2)
+    entries = _entries(client)
+    # Another project's export of another account stood here (the same Variable name: two
+    # projects left at the same `project`).
+    theirs = {"account": "01JOTHERACCOUNT0000000000", "account_slug": "other-tenant"}
+    foreign = {**theirs, "exported_through": "01JZZZZZZZZZZZZZZZZZZZZZZZ"}
+    Variable.set(cursor_variable, foreign)
+    with pytest.raises(CursorOfAnotherAccount) as refused:
+        asyncio.run(export_audit_log(page_size=50, cursor_variable=cursor_variable))
+    message = str(refused.value)
+    account = client.account()
+    for part in (
+        "other-tenant (01JOTHERACCOUNT0000000000)",  # the account the position belongs to
+        f"{account.slug} ({account.id})",  # this project's account
+        f"prefect variable unset {cursor_variable}",  # moved accounts: start over
+        "`project` in settings.toml",  # two projects: one namespace each
+    ):
+        assert part in message, message
+    assert Variable.get(cursor_variable) == foreign  # left as it was
+    time.sleep(2)  # events are stored in the background: give a wrongly emitted one time
+    ids = {e.id for e in entries}
+    assert not [e for e in asyncio.run(_audit_events()) if e.payload.get("audit_id") in ids]
+
+
+def test_a_position_written_before_accounts_were_recorded_is_taken_over(
+    mail_env: list[MailboxState],
+    fake: FakeMultiMail,
+    client: MultiMailClient,
+    cursor_variable: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="prefect.flow_runs")
+    _make_activity(client, fake, mail_env[0].address, 2)
+    reached = _entries(client)[0].id  # an older version's export reached the newest entry...
+    Variable.set(cursor_variable, {"exported_through": reached, "newest": None, "cursor": None})
+    _make_activity(client, fake, mail_env[0].address, 3)  # ...then the log grew
+    newer = [e for e in _entries(client) if e.id > reached]
+    assert asyncio.run(export_audit_log(page_size=3, cursor_variable=cursor_variable)) == len(newer)
+    _assert_once_each(newer)
+    account = client.account()
+    position = Variable.get(cursor_variable)
+    assert isinstance(position, dict)
+    assert position["account"] == account.id
+    assert position["exported_through"] == newer[0].id
+    said = [r.getMessage() for r in caplog.records if "older version" in r.getMessage()]
+    assert len(said) == 1, said
+    assert account.id in said[0]
+    assert cursor_variable in said[0]
+
+
+_OTHER_PROJECT_EXPORT = """
+import asyncio, json
+from {package}.audit_export import export_audit_log
+from {package}.namespace import AUDIT_CURSOR_VARIABLE
+exported = asyncio.run(export_audit_log())
+print(json.dumps({{"exported": exported, "variable": AUDIT_CURSOR_VARIABLE}}))
+"""
+
+
+def _export_as_other_project(project: str, api_url: str, key: str) -> tuple[int, str]:
+    """Another project's export, with its own account, on the same Prefect server: the package
+    imported under another `project`, as a process of its own."""
+    package = __name__.rsplit(".", 2)[0]
+    env = {
+        **os.environ,
+        PROJECT_VARIABLE: project,
+        "MULTIMAIL_API_URL": api_url,
+        "MULTIMAIL_API_KEY": key,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _OTHER_PROJECT_EXPORT.format(package=package)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    return int(answer["exported"]), str(answer["variable"])
+
+
+@pytest.fixture
+def own_variable() -> Iterator[str]:
+    """This project's real Variable, as the deployed flow uses it (removed afterwards)."""
+    Variable.unset(AUDIT_CURSOR_VARIABLE)
+    yield AUDIT_CURSOR_VARIABLE
+    Variable.unset(AUDIT_CURSOR_VARIABLE)
+
+
+def test_two_projects_on_one_server_keep_their_own_positions(
+    mail_env: list[MailboxState],
+    fake: FakeMultiMail,
+    client: MultiMailClient,
+    own_variable: str,
+) -> None:
+    other_project = f"other-{uuid.uuid4().hex[:8]}"
+    with FakeMultiMail() as other_account:
+        # The other project's account is busy first: its entries are older than ours.
+        other_key = other_account.create_key(["read", "send", "admin"], name="other")
+        for i in range(3):
+            other_account.create_key(["read"], name=f"other-{i}")
+        other_entries = len(other_account.state.list_audit(100, None)["entries"])
+        _make_activity(client, fake, mail_env[0].address, 2)
+        ours = _entries(client)
+        # Each project exports with its defaults: its own Variable, its own account.
+        assert asyncio.run(export_audit_log()) == len(ours)
+        mine = Variable.get(own_variable)
+        exported, their_variable = _export_as_other_project(
+            other_project, other_account.base_url, other_key
+        )
+        try:
+            assert exported == other_entries  # none skipped for being older than our newest
+            assert their_variable != own_variable
+            theirs = Variable.get(their_variable)
+            assert isinstance(theirs, dict)
+            assert theirs["account"] == other_account.state.get_account()["id"]
+            assert Variable.get(own_variable) == mine  # untouched by the other project
+            assert isinstance(mine, dict)
+            assert mine["account"] == client.account().id
+            assert asyncio.run(export_audit_log()) == 0  # and ours goes on from it
+        finally:
+            Variable.unset(their_variable)
 
 
 async def _events_about(resource_id: str) -> list[ReceivedEvent]:
