@@ -10,8 +10,9 @@ kept in a Prefect Variable after every page, so a crashed run is continued by th
 The Variable is this project's (`<project>-audit-export`, namespace.py) and names the MultiMail
 account whose log it walks: a position of another account (another project on the same Prefect
 server, or this project moved to a new account) is refused, since exporting from it would skip
-this account's older entries. A position without an account, as older versions wrote it, is
-taken over for the current account.
+this account's older entries. Versions before the namespaces kept a position without an account
+in `multimail_audit_export`: while the project has none of its own, that one is taken over for
+the current account (and the log says so), so an update neither skips nor repeats entries.
 Every event id is derived from the audit entry's id: an entry emitted twice (a crash between
 emitting and saving the cursor, or a lost Variable) is stored once. Events carry ids, action
 names and statuses only: addresses, subjects, bodies and free-text reasons stay in MultiMail.
@@ -57,6 +58,10 @@ SAFE_METADATA = frozenset(
 )
 #: Resource kinds in event resource ids, by the audit entry's resource_type.
 _KINDS = {"api_key": "api-key"}
+
+
+#: Where versions before the project namespaces kept the position (one for every project).
+LEGACY_CURSOR_VARIABLE = "multimail_audit_export"
 
 
 class ExportPosition(BaseModel):
@@ -174,15 +179,20 @@ async def export_audit_log(
     page_size: int = 50,
     max_pages: int | None = None,
     cursor_variable: str = AUDIT_CURSOR_VARIABLE,
+    legacy_cursor_variable: str = LEGACY_CURSOR_VARIABLE,
 ) -> int:
     """Emit every audit entry not exported yet as a Prefect event; returns how many.
 
     Scheduled every 5 minutes in prefect.yaml and by `serve`. `max_pages` bounds one run's
     work; the next run continues where it stopped. Refuses (CursorOfAnotherAccount) to go on
-    from the position of another MultiMail account.
+    from the position of another MultiMail account. `legacy_cursor_variable` is read only while
+    `cursor_variable` does not exist.
     """
     account = read_account()
-    position = own_position(await Variable.aget(cursor_variable), account, cursor_variable)
+    saved, read_from = await Variable.aget(cursor_variable), cursor_variable
+    if saved is None:
+        saved, read_from = await Variable.aget(legacy_cursor_variable), legacy_cursor_variable
+    position = own_position(saved, account, read_from)
     exported: list[AuditEntry] = []
     pages = 0
     # Continuing a crashed export ends at the entries it had started from; one more pass from

@@ -204,7 +204,7 @@ def test_a_position_of_another_account_is_refused_and_nothing_is_emitted(
     assert not [e for e in asyncio.run(_audit_events()) if e.payload.get("audit_id") in ids]
 
 
-def test_a_position_written_before_accounts_were_recorded_is_taken_over(
+def test_the_position_an_older_version_kept_is_taken_over(
     mail_env: list[MailboxState],
     fake: FakeMultiMail,
     client: MultiMailClient,
@@ -214,10 +214,14 @@ def test_a_position_written_before_accounts_were_recorded_is_taken_over(
     caplog.set_level(logging.INFO, logger="prefect.flow_runs")
     _make_activity(client, fake, mail_env[0].address, 2)
     reached = _entries(client)[0].id  # an older version's export reached the newest entry...
-    Variable.set(cursor_variable, {"exported_through": reached, "newest": None, "cursor": None})
+    legacy = f"{cursor_variable}_legacy"  # (multimail_audit_export, shared by every project)
+    Variable.set(legacy, {"exported_through": reached, "newest": None, "cursor": None})
     _make_activity(client, fake, mail_env[0].address, 3)  # ...then the log grew
     newer = [e for e in _entries(client) if e.id > reached]
-    assert asyncio.run(export_audit_log(page_size=3, cursor_variable=cursor_variable)) == len(newer)
+    exported = export_audit_log(
+        page_size=3, cursor_variable=cursor_variable, legacy_cursor_variable=legacy
+    )
+    assert asyncio.run(exported) == len(newer)
     _assert_once_each(newer)
     account = client.account()
     position = Variable.get(cursor_variable)
@@ -227,7 +231,8 @@ def test_a_position_written_before_accounts_were_recorded_is_taken_over(
     said = [r.getMessage() for r in caplog.records if "older version" in r.getMessage()]
     assert len(said) == 1, said
     assert account.id in said[0]
-    assert cursor_variable in said[0]
+    assert legacy in said[0]
+    Variable.unset(legacy)
 
 
 _OTHER_PROJECT_EXPORT = """
