@@ -34,11 +34,9 @@ from .client import MultiMailAPIError
 from .credentials import current_settings, shared_client
 from .inbound import INBOUND_EVENTS, Answer, InboundStarter, MailboxDirectory
 from .models import Email, Mailbox
-from .namespace import flow_name
+from .namespace import RECEIVE_WEBHOOK, flow_name
 from .receiver import DECISION_EVENTS, decision_handler
 
-#: The deployment of this flow in prefect.yaml (its flow is `<project>-receive-webhook`).
-RECEIVE_WEBHOOK: Final = "receive-webhook"
 #: What the automations put before MultiMail's event name (`multimail.oversight.approved`).
 EVENT_PREFIX: Final = "multimail."
 #: Retries of a run that could not act yet, and the seconds before each: 4 minutes in all, about

@@ -62,6 +62,7 @@ RECONCILE_INBOUND: Final = "reconcile-inbound"
 EXPIRE_APPROVAL_WAITS: Final = "expire-approval-waits"
 STATUS_DIGEST: Final = "status-digest"
 EXPORT_AUDIT_LOG: Final = "export-audit-log"
+RECEIVE_WEBHOOK: Final = "receive-webhook"
 
 
 def deployment_name(short: str, *, served: bool = False) -> str:

@@ -53,6 +53,7 @@ from prefect.states import Crashed, Scheduled
 from .answer_runs import find_answer_run
 from .audit_export import export_audit_log
 from .client import MultiMailError
+from .cloud_receiver import receive_webhook
 from .credentials import current_settings, shared_client
 from .flows import FINAL_OUTCOMES, STATE_TAG, expire_approval_waits, status_digest
 from .inbound import RUN_TAGS, MailboxDirectory, start_answer
@@ -198,8 +199,10 @@ def answer_deployment() -> str:
     return deployment_name(ANSWER_INBOUND, served=this_deployment.name == SERVED_DEPLOYMENT_NAME)
 
 
-#: This project's flows other than answer-inbound, whose dead runs are only marked Crashed.
-SCHEDULED_FLOWS = (
+#: This project's flows other than answer-inbound, whose dead runs are only marked Crashed (their
+#: schedules, or receive-webhook's automations and the sweeps, do their work again).
+OTHER_FLOWS = (
+    receive_webhook.name,
     status_digest.name,
     expire_approval_waits.name,
     export_audit_log.name,
@@ -208,14 +211,14 @@ SCHEDULED_FLOWS = (
 
 
 async def crash_dead_runs(client: PrefectClient, now: datetime) -> list[FlowRun]:
-    """Mark Crashed the Pending or Running runs of `SCHEDULED_FLOWS` whose process is gone."""
+    """Mark Crashed the Pending or Running runs of `OTHER_FLOWS` whose process is gone."""
     live = FlowRunFilter(
         state=FlowRunFilterState(
             type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])
         )
     )
     runs = await client.read_flow_runs(
-        flow_filter=FlowFilter(name=FlowFilterName(any_=list(SCHEDULED_FLOWS))),
+        flow_filter=FlowFilter(name=FlowFilterName(any_=list(OTHER_FLOWS))),
         flow_run_filter=live,
         limit=200,
     )

@@ -53,11 +53,11 @@ from .. import credentials
 from ..answer_runs import find_answer_run
 from ..approvals import pause_key, waiter_tag
 from ..client import MultiMailClient
-from ..cloud_receiver import RECEIVE_WEBHOOK, RETRIES, NotActedOnYet, receive_webhook
+from ..cloud_receiver import RETRIES, NotActedOnYet, receive_webhook
 from ..fake import FakeMultiMail
 from ..inbound import ANSWER_RUN_NAME, RUN_TAGS, start_answer
 from ..local_deployments import deployment_config, load_flow
-from ..namespace import PROJECT
+from ..namespace import PROJECT, RECEIVE_WEBHOOK
 from ..provision import MailboxState
 from ..serving import BackgroundServer
 from .inbound_support import answer_deployment, runs_answering, runs_for
