@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict
 from .credentials import shared_client
 from .events import event_id, related, resource
 from .models import Account, AuditEntry, AuditPage
-from .namespace import AUDIT_CURSOR_VARIABLE, EXPORT_AUDIT_LOG, flow_name
+from .namespace import AUDIT_CURSOR_VARIABLE, EXPORT_AUDIT_LOG, artifact_key, flow_name
 from .tasks import mail_task
 
 #: Metadata that may leave MultiMail: statuses, modes, names of things. Anything else (from,
@@ -224,7 +224,7 @@ async def export_audit_log(
                     break
                 continued = False
     await acreate_table_artifact(
-        key="audit-export",
+        key=artifact_key("audit-export"),
         table=[
             {
                 "audit_id": e.id,

@@ -28,8 +28,8 @@ from .namespace import (
     ANSWER_INBOUND,
     DRAFT_KEY_PREFIX,
     EXPIRE_APPROVAL_WAITS,
-    PROJECT,
     STATUS_DIGEST,
+    artifact_key,
     flow_name,
 )
 from .tasks import (
@@ -234,7 +234,7 @@ def answer_inbound(
     tag_email(audience, email_id, {STATE_TAG: f"reply-{delivery.outcome}"})
     reply_decided(audience, reply_id, delivery.outcome)
     create_markdown_artifact(
-        key=f"{PROJECT}-answer-inbound",
+        key=artifact_key(ANSWER_INBOUND),
         markdown=(
             f"**Re: {inbound.subject}** from {inbound.sender}: reply `{reply_id}` "
             f"**{delivery.outcome}**"

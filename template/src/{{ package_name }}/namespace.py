@@ -11,8 +11,9 @@ name is fixed when the flow is defined.
   sweeps' queries and the UI's runs are this project's alone.
 - Deployments keep the flow's short name (`<project>-answer-inbound/answer-inbound`, and
   `.../local` under `serve`): prefect.yaml names them, `flows.py` defines the flow of each.
-- The answer-inbound work queue, the audit export's Variable, pause keys, the draft cache key,
-  event ids and a `<project>` tag on every deployment, run and event carry the project too.
+- The answer-inbound work queue, the audit export's Variable, artifact keys, pause keys, the
+  draft cache key, event ids and a `<project>` tag on every deployment, run and event carry the
+  project too.
   The work pool and the Secret blocks are Copier answers that default to project-named ones.
 """
 
@@ -68,6 +69,11 @@ RECEIVE_WEBHOOK: Final = "receive-webhook"
 def deployment_name(short: str, *, served: bool = False) -> str:
     """`FLOW/DEPLOYMENT` of deployment `short` of prefect.yaml, or of its `serve` twin."""
     return f"{flow_name(short)}/{SERVED_DEPLOYMENT_NAME if served else short}"
+
+
+def artifact_key(short: str) -> str:
+    """The key of this project's artifact `short` (Prefect keeps one history per key)."""
+    return f"{PROJECT}-{short}"
 
 
 #: The Prefect Variable where the audit export stands.
