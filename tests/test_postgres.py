@@ -493,6 +493,9 @@ def test_two_projects_on_one_server_keep_to_their_own(
         for each, email_id in delivered.values():
             finished = check_answered_once(each, email_id, audience_in_mode(each, "autonomous"))
             assert each.slug in finished["tags"]
+        # ... and no run of either project's deployments for the other's email.
+        assert stack.runs_for(delivered[billing.slug][1]) == []
+        assert billing.runs_for(delivered[stack.slug][1]) == []
         # Each audit export keeps its own cursor, recording its own account.
         for each in (stack, billing):
             run(
