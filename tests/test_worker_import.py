@@ -144,17 +144,24 @@ def test_a_worker_without_the_project_says_why_and_how_to_start_it(
                 assert worker.poll() is None, log.read_text(errors="replace")[-4000:]
                 assert time.monotonic() < deadline, log.read_text(errors="replace")[-4000:]
                 time.sleep(0.5)
+            # The worker sends the step's event and the server stores it a few seconds later: wait
+            # for it with the worker still up.
+            deadline = time.monotonic() + 60
+            while not (
+                events := api.post(
+                    "/events/filter",
+                    json={
+                        "filter": {
+                            "event": {"name": ["prefect.flow-run.pull-step.failed"]},
+                            "resource": {"id": [f"prefect.flow-run.{flow_run_id}"]},
+                        }
+                    },
+                ).json()["events"]
+            ):
+                assert time.monotonic() < deadline, "no pull-step.failed event for the run"
+                time.sleep(1)
         finally:
             stop_process(worker)
-        events = api.post(
-            "/events/filter",
-            json={
-                "filter": {
-                    "event": {"name": ["prefect.flow-run.pull-step.failed"]},
-                    "resource": {"id": [f"prefect.flow-run.{flow_run_id}"]},
-                }
-            },
-        ).json()["events"]
     output = log.read_text(errors="replace")
     assert state["type"] == "CRASHED", (state, output[-4000:])
     # The worker's output names the cause and the fix...

@@ -14,6 +14,7 @@ from prefect.client.schemas.objects import State
 from prefect.states import Completed, Failed, Running
 from typer.testing import CliRunner, Result
 
+from ..answer_runs import ANSWER_INBOUND_FLOW
 from ..cli import app
 from ..fake import FakeMultiMail
 from ..provision import MailboxState
@@ -102,5 +103,6 @@ def test_no_run_for_the_email_says_what_to_check(answer_deployment: UUID) -> Non
     result = answer_run("01JNOTANEMAIL0000000000000", "--timeout", "1")
     assert result.exit_code == 1
     assert result.stdout == ""
-    assert "no answer-inbound flow run for email 01JNOTANEMAIL0000000000000" in result.stderr
+    missing = f"no {ANSWER_INBOUND_FLOW} flow run for email 01JNOTANEMAIL0000000000000"
+    assert missing in result.stderr
     assert "receiver" in result.stderr
