@@ -218,6 +218,9 @@ def prefect_on_postgres(
         yield server
 
 
+#: Flow run state types after which a run changes no more (the API's `state_type`).
+TERMINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+
 #: Worker and runner poll intervals in the tests (Prefect's defaults are 10 s each): a new run
 #: is picked up within ~1 s instead of ~10 s.
 POLL_SECONDS = "1"

@@ -22,6 +22,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import yaml
 
 from .conftest import project_command, render_template, run, uv
 from .prefect_postgres import (
+    TERMINAL,
     PrefectOnPostgres,
     free_port,
     prefect_env,
@@ -43,7 +45,6 @@ __all__ = ["prefect_on_postgres"]  # the fixture, imported for pytest
 
 pytestmark = pytest.mark.slow
 
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 SIGNATURE_HEADER = "X-MultiMail-Signature"
 #: Inbound messages delivered at once while two process workers poll the pool.
 BURST = 6
@@ -73,8 +74,9 @@ class Stack:
     mailboxes: dict[str, dict[str, Any]]  # audience -> the fake's mailbox
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    @property
+    @cached_property
     def slug(self) -> str:
+        """The project's slug (its answers file is read once; `runs_for` polls with it)."""
         return str(
             yaml.safe_load((self.project / ".copier-answers.yml").read_text())["project_slug"]
         )

@@ -23,6 +23,7 @@ import yaml
 
 from .conftest import run, uv
 from .prefect_postgres import (
+    TERMINAL,
     PrefectOnPostgres,
     prefect_env,
     prefect_on_postgres,
@@ -34,7 +35,6 @@ __all__ = ["prefect_on_postgres"]  # the fixture, imported for pytest
 
 pytestmark = pytest.mark.slow
 
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 #: Runs prefect.yaml's pull steps (argv[1], JSON) with Prefect's own run_steps, as a worker does.
 RUN_PULL_STEPS = (
     "import asyncio, json, sys\n"
