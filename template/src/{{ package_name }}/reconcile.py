@@ -11,8 +11,10 @@ one on every email it handles) and passes the same guards as the receiver
 - no run: it asks for one, with the same idempotency key as the receiver, so a webhook that
   arrives meanwhile lands on the same run;
 - a run that ended without an outcome (Crashed, Failed after its retries), or one whose process
-  is gone (Pending, or Running with no heartbeat, for longer than `stuck_run_seconds` in
-  settings.toml): it marks it Crashed and schedules *that* run again, as the UI's Retry does;
+  is gone (Pending while the worker that claimed it sends no heartbeat, or Pending, or Running
+  with no heartbeat, for longer than `stuck_run_seconds` in settings.toml): it marks it Crashed
+  and schedules *that* run again at its first scheduled time, as the UI's Retry does, so that it
+  goes before the runs that queued behind it;
 - anything else (scheduled, running, suspended on a decision, cancelled by someone): left alone.
 
 Runs of the project's other flows whose process is gone are marked Crashed, so that nothing
@@ -38,7 +40,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterState,
     FlowRunFilterStateType,
 )
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun, State, StateType, Worker
 from prefect.events.filters import (
     EventFilter,
     EventNameFilter,
@@ -71,8 +73,12 @@ from .tasks import mail_task
 ANSWERABLE_STATUSES = frozenset({"unread", "read"})
 #: A Running run is alive while Prefect saw a heartbeat from it within this many periods
 #: (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, 30 s in prefect.yaml's job variables and `serve`), at
-#: the least; `stuck_run_seconds` in settings.toml may allow longer.
+#: the least (`stuck_run_seconds` in settings.toml may allow longer); so is a worker, by its
+#: own heartbeats.
 MISSED_HEARTBEATS = 3
+#: Labels a worker gives each run it claims (Prefect's `BaseWorker`), naming itself and its pool.
+WORKER_LABEL = "prefect.worker.name"
+POOL_LABEL = "prefect.work-pool.name"
 #: Runs (each retry counts) after which a run is not scheduled again: an email whose run keeps
 #: failing waits for a person, who sees the Failed run and its logs.
 MAX_RUN_COUNT = 20
@@ -133,6 +139,37 @@ async def _heartbeat_since(client: PrefectClient, run: FlowRun, since: datetime)
     return bool(page.events)
 
 
+async def _claiming_worker(client: PrefectClient, run: FlowRun) -> tuple[str, Worker | None]:
+    """The name of the worker that claimed `run` and what its pool knows of it (None: gone),
+    or ("", None) when no worker labelled the run (served by `serve`, or not labelled yet)."""
+    name, pool = run.labels.get(WORKER_LABEL), run.labels.get(POOL_LABEL)
+    if not isinstance(name, str) or not isinstance(pool, str):
+        return "", None
+    workers = await client.read_workers_for_work_pool(pool, limit=200)
+    return name, next((worker for worker in workers if worker.name == name), None)
+
+
+async def _lost_claim(client: PrefectClient, run: FlowRun, now: datetime) -> str | None:
+    """Why the worker that claimed Pending `run` will never start its process, or None.
+
+    A worker killed while it submits a run leaves it Pending, and in its work queue's slot, for
+    good. Workers beat every 30 s (PREFECT_WORKER_HEARTBEAT_SECONDS); one silent for
+    MISSED_HEARTBEATS beats is gone, as the Prefect server judges it too (a server restart costs
+    a worker one or two beats). A worker restarted under the same name, or a run no worker
+    labelled, waits for `stuck_run_seconds`.
+    """
+    name, worker = await _claiming_worker(client, run)
+    if not name:
+        return None
+    if worker is None:
+        return f"the worker {name} that claimed it is gone"
+    silence = timedelta(seconds=MISSED_HEARTBEATS * (worker.heartbeat_interval_seconds or 30))
+    if worker.last_heartbeat_time is None or worker.last_heartbeat_time < now - silence:
+        quiet = f"{silence.total_seconds():.0f} s"
+        return f"the worker {name} that claimed it sent no heartbeat for {quiet}"
+    return None
+
+
 async def why_dead(client: PrefectClient, run: FlowRun, now: datetime) -> str | None:
     """Why `run` will never finish by itself (so it must run again), or None."""
     state = run.state
@@ -142,8 +179,10 @@ async def why_dead(client: PrefectClient, run: FlowRun, now: datetime) -> str | 
     stuck = timedelta(seconds=current_settings().stuck_run_seconds)
     if state.type in (StateType.CRASHED, StateType.FAILED, StateType.COMPLETED):
         return f"it ended {state.name} without recording an outcome"
-    if state.type == StateType.PENDING and age > stuck:
-        return f"it has been Pending for {age.total_seconds():.0f} s with no process"
+    if state.type == StateType.PENDING:
+        if age > stuck:
+            return f"it has been Pending for {age.total_seconds():.0f} s with no process"
+        return await _lost_claim(client, run, now)
     frequency = PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value()
     if state.type == StateType.RUNNING and frequency is not None:
         silence = max(stuck, timedelta(seconds=MISSED_HEARTBEATS * frequency))
@@ -153,17 +192,22 @@ async def why_dead(client: PrefectClient, run: FlowRun, now: datetime) -> str | 
 
 
 async def run_again(client: PrefectClient, run: FlowRun, reason: str) -> None:
-    """Record that `run` is dead (Crashed, unless it ended already) and schedule it again now.
+    """Record that `run` is dead (Crashed, unless it ended already) and schedule it again.
 
-    Forced: Prefect's rules refuse to move a final run back, and only this sweep knows that its
-    process is gone. A live process of the same run, if one were only slow, is harmless: the
-    reply's key and the email's tags keep the answer single.
+    At the time it was first scheduled: workers take a queue's runs in that order, so the run
+    goes before everything that queued while it held its slot. Forced: Prefect's rules refuse
+    to move a final run back, and only this sweep knows that its process is gone. A live
+    process of the same run, if one were only slow, is harmless: the reply's key and the
+    email's tags keep the answer single.
     """
     if run.state is not None and not run.state.is_final():
         await mark_crashed(client, run, reason)
-    await client.set_flow_run_state(
-        run.id, Scheduled(name="AwaitingRetry", message=f"reconcile-inbound: {reason}"), force=True
+    again: State[None] = Scheduled(
+        name="AwaitingRetry",
+        message=f"reconcile-inbound: {reason}",
+        scheduled_time=run.expected_start_time,
     )
+    await client.set_flow_run_state(run.id, again, force=True)
 
 
 async def mark_crashed(client: PrefectClient, run: FlowRun, reason: str) -> None:

@@ -4,12 +4,14 @@ two, whether its webhook arrived, it was handled already, or reconcile runs agai
 from __future__ import annotations
 
 import asyncio
+import time
 from uuid import UUID
 
 import httpx
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import State
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.objects import FlowRun, State
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Pending, Running
 
@@ -175,3 +177,68 @@ def test_a_scheduled_flows_run_whose_process_died_is_marked_crashed(
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
         _reconcile()
     assert asyncio.run(states(runs)) == ["Crashed", "Crashed"]
+
+
+def test_a_run_whose_claiming_worker_is_gone_is_run_again_ahead_of_the_queue(
+    mail_env: list[MailboxState],
+    fake: FakeMultiMail,
+    answer_deployment: UUID,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker killed while it submits a run leaves the run Pending, holding a slot of the
+    answer queue: the next pass sees from the worker's heartbeats that it is gone, without
+    waiting for `stuck_run_seconds`, and schedules the run again ahead of the mail that queued
+    behind it. A run claimed by a live worker is left to it."""
+    monkeypatch.setenv("MULTIMAIL_STUCK_RUN_SECONDS", "3600")  # never reached here
+    credentials.reset()
+    pool = "claims-test-pool"
+    claims = {"live": "live-worker", "silent": "silent-worker", "vanished": "vanished-worker"}
+    audience = _answering(mail_env)[0]
+    mail = {
+        case: fake.deliver_inbound(
+            to=audience.address, sender="ada@example.com", subject=case, markdown="Hello"
+        )
+        for case in claims
+    }
+    started = _reconcile()  # nothing serves the deployment: the runs wait in its queue
+
+    async def claim() -> None:
+        async with get_client() as prefect:
+            await prefect.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            await prefect.send_worker_heartbeat(pool, claims["live"], 30)
+            await prefect.send_worker_heartbeat(pool, claims["silent"], 1)
+            for case, worker in claims.items():
+                run_id = UUID(started[mail[case]])
+                await prefect.set_flow_run_state(run_id, Pending(), force=True)
+                labels: dict[str, str | int | float | bool] = {
+                    reconcile.WORKER_LABEL: worker,
+                    reconcile.POOL_LABEL: pool,
+                }
+                await prefect.update_flow_run_labels(run_id, labels)
+
+    async def read(run_id: str) -> FlowRun:
+        async with get_client() as prefect:
+            return await prefect.read_flow_run(UUID(run_id))
+
+    asyncio.run(claim())
+    before = {case: asyncio.run(read(started[email])) for case, email in mail.items()}
+    time.sleep(1 + reconcile.MISSED_HEARTBEATS * 1)  # the silent worker misses its beats
+    later = fake.deliver_inbound(
+        to=audience.address, sender="ada@example.com", subject="Queued later", markdown="Hi"
+    )
+    again = _reconcile()
+    assert {email: again[email] for email in mail.values()} == {
+        email: started[email] for email in mail.values()
+    }  # the same runs, no new key
+    after = {case: asyncio.run(read(started[email])) for case, email in mail.items()}
+    assert after["live"].state_name == "Pending"
+    queued_later = asyncio.run(read(again[later]))
+    for case in ("silent", "vanished"):
+        run = after[case]
+        assert run.state_name == "AwaitingRetry", (case, run.state)
+        assert run.state is not None
+        assert claims[case] in str(run.state.message)
+        assert run.next_scheduled_start_time == before[case].expected_start_time
+        assert run.next_scheduled_start_time is not None
+        assert queued_later.next_scheduled_start_time is not None
+        assert run.next_scheduled_start_time < queued_later.next_scheduled_start_time
