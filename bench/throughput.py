@@ -26,6 +26,9 @@ Then, on the first transport and in the same process, with nothing reset from th
   Prefect (the reference of issue 19: send_many >= 0.9x of it, whatever ran before), a send_many
   in a retried flow run, and a plain `@task`; for each step its msg/s inside its flow, the ratio
   to the threads, how long its flow waited to start, the 503s and the Prefect server's CPU;
+  each order twice (`--settle both`): as is, and waiting before each step until the Prefect
+  server has recorded the steps before it (which separates what the process carries from one
+  step to the next from the server's backlog on the same cores);
 - the task overhead (`--overhead-rounds`): ms per message of the bare pooled call, a plain
   `@task` making it and `send_email`, and the Prefect server's CPU per task run.
 """
@@ -52,6 +55,12 @@ def main() -> int:
         default="default",
         help="';'-separated orders of steps, run in one process without reset; 'none' skips",
     )
+    parser.add_argument(
+        "--settle",
+        choices=["both", "no", "yes"],
+        default="both",
+        help="each order as is and again with the Prefect server idle before each step (both)",
+    )
     parser.add_argument("--overhead-rounds", type=int, default=3, help="0 skips the task overhead")
     parser.add_argument(
         "--profile",
@@ -75,7 +84,7 @@ def main() -> int:
     ]
     if args.patterns:
         options += ["--patterns", args.patterns]
-    options += ["--profile", args.profile, "--orders", args.orders]
+    options += ["--profile", args.profile, "--orders", args.orders, "--settle", args.settle]
     options += ["--overhead-rounds", str(args.overhead_rounds)]
     return run_driver(project, "throughput_driver.py", *options)
 

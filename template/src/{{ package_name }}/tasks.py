@@ -119,9 +119,9 @@ class MailTask(Task[P, R]):
         self._retries = value
 
 
-def mail_task(fn: Callable[P, R]) -> Task[P, R]:
+def mail_task(fn: Callable[P, R], task_class: type[MailTask[P, R]] = MailTask) -> Task[P, R]:
     """Decorate `fn` as a MultiMail task: shared retry policy, never cached, nothing persisted."""
-    return MailTask(
+    return task_class(
         fn=fn,
         retries=_FROM_SETTINGS,
         retry_delay_seconds=_RetryDelays(),

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from prefect import flow, unmapped
+from prefect import flow, task, unmapped
 from prefect.runtime import flow_run
 from pydantic import SecretStr
 
@@ -199,6 +199,43 @@ def test_a_flow_retry_after_a_crash_sends_nothing_twice(
     outcomes = mail_everyone()
     assert all(o.sent and o.result is not None and o.result.idempotent for o in outcomes)
     assert sent_subjects(client, audience) == Counter(m.subject for m in messages)
+
+
+def test_prefect_is_handed_the_messages_whole_by_call_submit_and_map(
+    client: MultiMailClient, audience: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prefect walks a task's parameters into every field of every model looking for futures
+    (0.2 ms a message, 10-15% of a bulk send): send_many's messages are handed over as one
+    value, whether called, submitted (even as a future's result) or mapped over chunks."""
+    walked = 0
+    fields = OutgoingEmail.__iter__
+
+    def counted(self: OutgoingEmail) -> Any:
+        nonlocal walked
+        walked += 1
+        return fields(self)
+
+    monkeypatch.setattr(OutgoingEmail, "__iter__", counted)
+    called, submitted, keyword = (batch(audience, 5, tag) for tag in ("called", "sub", "kw"))
+    chunks = [batch(audience, 5, f"chunk {n}") for n in range(3)]
+
+    @task
+    def prepare() -> list[OutgoingEmail]:
+        return submitted
+
+    @flow
+    def every_way() -> list[SendOutcome]:
+        outcomes = [*send_many(called), *send_many(messages=keyword)]
+        outcomes += send_many.submit(prepare.submit()).result()
+        mapped = send_many.map(chunks, max_concurrency=unmapped(2))
+        return outcomes + [o for chunk in mapped.result() for o in chunk]
+
+    outcomes = every_way()
+    assert walked == 0
+    every = [*called, *keyword, *submitted, *(m for chunk in chunks for m in chunk)]
+    assert [o.idempotency_key for o in outcomes] == [m.idempotency_key for m in every]
+    assert all(o.sent for o in outcomes)
+    assert sent_subjects(client, audience) == Counter(m.subject for m in every)
 
 
 @pytest.mark.slow
