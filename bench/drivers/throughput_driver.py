@@ -273,11 +273,12 @@ class Bench:
         self.mailbox = ""
         #: perf_counter when the last Prefect pattern's flow body started (see `waited`).
         self.started = 0.0
-        #: Messages for the threads run right before and right after send_many in the same
+        #: Blocks of messages for the threads run in turn with send_many's blocks in the same
         #: flow body (`beside`), so that both meet the same conditions (a Prefect server
-        #: still recording earlier task runs on the same cores); their msg/s in `beside_rates`.
+        #: still recording earlier task runs on the same cores, a fake slower for a moment);
+        #: their msg/s over all blocks in `beside_rate`.
         self.beside: list[list[Message]] = []
-        self.beside_rates: list[float] = []
+        self.beside_rate: float | None = None
         self.flows = self._flows()
 
     def fresh(self) -> None:
@@ -453,15 +454,24 @@ class Bench:
             return self.started
 
         def send_many_timed(messages: list[Message], concurrency: int) -> float:
-            """send_many's seconds, between two threads runs when `self.beside` is set."""
-            self.beside_rates = []
-            if self.beside:
-                self.beside_rates.append(len(self.beside[0]) / self.threads(self.beside[0]))
-            started = time.perf_counter()
-            all_sent(bulk.send_many(outgoing(messages), max_concurrency=concurrency))
-            seconds = time.perf_counter() - started
-            if self.beside:
-                self.beside_rates.append(len(self.beside[1]) / self.threads(self.beside[1]))
+            """send_many's seconds. With `self.beside` set, `messages` go in as many blocks,
+            one send_many each, taking turns with the threads (which goes first alternates)."""
+            if not self.beside:
+                started = time.perf_counter()
+                all_sent(bulk.send_many(outgoing(messages), max_concurrency=concurrency))
+                return time.perf_counter() - started
+            size = -(-len(messages) // len(self.beside))
+            mine = [messages[n * size : (n + 1) * size] for n in range(len(self.beside))]
+            seconds = threads_seconds = 0.0
+            for n, (block, theirs) in enumerate(zip(mine, self.beside, strict=True)):
+                if n % 2 == 0:
+                    threads_seconds += self.threads(theirs)
+                started = time.perf_counter()
+                all_sent(bulk.send_many(outgoing(block), max_concurrency=concurrency))
+                seconds += time.perf_counter() - started
+                if n % 2 == 1:
+                    threads_seconds += self.threads(theirs)
+            self.beside_rate = sum(map(len, self.beside)) / threads_seconds
             return seconds
 
         @task(cache_policy=NO_CACHE, persist_result=False)
@@ -567,13 +577,22 @@ class Figures:
 
 
 def measure(
-    bench: Bench, watch: OutputWatch, busy: Busy503, patterns: list[str], label: str
+    bench: Bench,
+    watch: OutputWatch,
+    busy: Busy503,
+    server: ServerCPU,
+    patterns: list[str],
+    label: str,
 ) -> Figures:
+    """Each pattern's own rate: before each, the Prefect server has recorded the pattern
+    before it (else a pattern pays for the task runs of the one before; the orders below
+    measure that on purpose)."""
     figures = Figures()
     busy.attach()
     for round_ in range(bench.args.rounds):
         for pattern in patterns:
             bench.fresh()
+            server.wait_idle()
             messages = bench.messages(f"{label} {pattern} r{round_}")
             locks = watch.locks + busy.count
             seconds = getattr(bench, pattern)(messages)
@@ -674,17 +693,16 @@ def run_order(
         settled = server.wait_idle() if settle else None
         messages = bench.messages(f"{tag} step {i} {pattern}")
         paired = pattern in ("bulk", "retried_bulk")
-        bench.beside = (
-            [bench.messages(f"{tag} step {i} {side}") for side in ("before", "after")]
-            if paired
-            else []
-        )
+        pairs = bench.args.pairs if paired else 0
+        size = -(-len(messages) // max(pairs, 1))
+        bench.beside = [bench.messages(f"{tag} step {i} threads {n}")[:size] for n in range(pairs)]
+        bench.beside_rate = None
         since = bench.newest()
         locks, cpu = busy.count, server.seconds()
         called = time.perf_counter()
         seconds = getattr(bench, pattern)(messages)
         waited = bench.waited(called) if pattern in FLOW_PATTERNS else None
-        beside = statistics.mean(bench.beside_rates) if paired and bench.beside_rates else None
+        beside = bench.beside_rate
         step = Step(pattern, len(messages) / seconds, beside, waited, busy.count - locks, 0.0)
         step.server_cpu = server.seconds() - cpu
         step.settled = settled
@@ -731,7 +749,8 @@ def report_order(bench: Bench, steps: list[Step], title: str, tag: str) -> list[
 
 def overhead(bench: Bench, server: ServerCPU, rounds: int) -> list[str]:
     """A mail task against a plain `@task` making the same HTTP call and the bare call, in
-    rotating order; prints ms per message and the server CPU per task run. Returns misses."""
+    rotating order, each once the server has recorded the one before; prints ms per message
+    and the server CPU per task run. Returns misses."""
     idle = server.wait_idle()
     kinds = ["pooled", "plain_task", "task_sequential"]
     times: dict[str, list[float]] = {kind: [] for kind in kinds}
@@ -740,6 +759,7 @@ def overhead(bench: Bench, server: ServerCPU, rounds: int) -> list[str]:
     for round_ in range(rounds):
         for kind in kinds[round_ % 3 :] + kinds[: round_ % 3]:
             messages = bench.messages(f"overhead r{round_} {kind}")
+            server.wait_idle()
             times[kind].append(getattr(bench, kind)(messages) / len(messages) * 1000)
             task_runs += len(messages) if kind != "pooled" else 0
     drained = server.wait_idle()
@@ -794,6 +814,12 @@ def main() -> None:
         f"{', '.join(STEPS)}), 'default' for {len(ORDERS)} built-in ones, or 'none'",
     )
     parser.add_argument(
+        "--pairs",
+        type=int,
+        default=4,
+        help="blocks in which a send_many step takes turns with the threads beside it",
+    )
+    parser.add_argument(
         "--settle",
         choices=["both", "no", "yes"],
         default="both",
@@ -840,7 +866,7 @@ def main() -> None:
                 if fake.ca_file:
                     os.environ["SSL_CERT_FILE"] = fake.ca_file
                 bench = Bench(args.package, fake, args)
-                figures = measure(bench, watch, busy, patterns, label)
+                figures = measure(bench, watch, busy, server, patterns, label)
                 errors += figures.errors
                 misses = report(bench, figures, label)
                 missed += [what for _, what in misses]
