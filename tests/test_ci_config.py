@@ -115,6 +115,7 @@ def test_pre_commit_hooks_are_all_local(render: Render) -> None:
         "end-of-file-fixer": "end-of-file-fixer",
         "trailing-whitespace": "trailing-whitespace-fixer",
         "detect-private-key": "detect-private-key",
+        "mixed-line-ending": "mixed-line-ending --fix=lf",
         "check-merge-conflict": "check-merge-conflict --assume-in-merge",
     }.items():
         assert hooks[tool]["entry"] == f"uv run {command}", tool
@@ -125,6 +126,8 @@ def test_pre_commit_hooks_are_all_local(render: Render) -> None:
     assert "pre-commit" in dev
     assert "pre-commit-hooks" in dev
     assert "copier" in dev
+    # LF everywhere: a file checked out with CRLF would conflict as a whole on `copier update`.
+    assert "* text=auto eol=lf" in (project / ".gitattributes").read_text().splitlines()
 
 
 @pytest.fixture(scope="module")

@@ -288,6 +288,37 @@ def test_an_update_without_migrations_needs_no_trust(template_repo: Path, tmp_pa
     assert answers_of(project)["_commit"] == PATCH
 
 
+OWNER_README_LINE = "The owner's own closing line."
+
+
+@pytest.mark.parametrize("mode", ["inline", "rej"])
+def test_a_conflict_is_left_where_the_upgrade_guide_says(
+    template_repo: Path, tmp_path: Path, mode: str
+) -> None:
+    """docs/upgrading.md tells the owner where each `--conflict` mode leaves their edit: inline,
+    both versions between markers and git lists the file as unmerged; rej, the file takes the
+    template's version and the owner's edit is in the `.rej` file (so deleting it loses it)."""
+    project = generate(template_repo, tmp_path / "project", OWNER_ANSWERS, OLD)
+    readme = project / "README.md"
+    readme.write_text(readme.read_text() + f"\n{OWNER_README_LINE}\n")  # v1.0.1 adds a line too
+    commit_all(project, "owner: a closing line in the README")
+    copier.run_update(
+        project, vcs_ref=PATCH, overwrite=True, defaults=True, quiet=True, conflict=mode
+    )
+    text = readme.read_text()
+    status = git(project, "status", "--porcelain").splitlines()
+    if mode == "inline":
+        assert "<<<<<<< before updating" in text
+        assert OWNER_README_LINE in text
+        assert PATCH_README_LINE in text
+        assert "UU README.md" in status  # `git status`: "both modified"
+    else:
+        assert PATCH_README_LINE in text
+        assert OWNER_README_LINE not in text
+        assert f"+{OWNER_README_LINE}" in (project / "README.md.rej").read_text()
+        assert "?? README.md.rej" in status
+
+
 def test_an_update_across_a_migration_without_trust_is_refused_and_changes_nothing(
     template_repo: Path, tmp_path: Path
 ) -> None:
@@ -326,7 +357,7 @@ def test_a_project_made_with_the_old_tasks_updates_with_trust_once(
     legacy_repo: Path, tmp_path: Path
 ) -> None:
     """Copier checks the *old* version's tasks too, so the first update away from one needs
-    `--trust --skip-tasks` (docs/upgrading.md); it runs no task and gives a fresh copy's files.
+    `--trust` (docs/upgrading.md); it runs no task and gives a fresh copy's files.
     """
     project = generate(legacy_repo, tmp_path / "legacy", OWNER_ANSWERS, LEGACY)
     with pytest.raises(UnsafeTemplateError, match="tasks"):
@@ -338,7 +369,6 @@ def test_a_project_made_with_the_old_tasks_updates_with_trust_once(
         defaults=True,
         quiet=True,
         unsafe=True,
-        skip_tasks=True,
     )
     assert not (project / "TASK_RAN").exists()
     fresh = generate(legacy_repo, tmp_path / "fresh", OWNER_ANSWERS, OLD)
@@ -352,7 +382,7 @@ def test_a_project_made_with_the_old_tasks_updates_with_trust_once(
 def test_the_upgrade_guide_is_linked_and_every_release_has_an_upgrading_note() -> None:
     guide = (REPO / "docs" / "upgrading.md").read_text()
     assert "uv run copier update --defaults" in guide
-    assert "uv run copier update --trust --skip-tasks --defaults" in guide
+    assert "uv run copier update --trust --defaults" in guide
     assert "<<<<<<< before updating" in guide
     assert "(docs/upgrading.md)" in (REPO / "README.md").read_text()
     changelog = (REPO / "CHANGELOG.md").read_text()
