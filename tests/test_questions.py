@@ -304,3 +304,35 @@ def test_spaces_and_comments_around_an_email_are_refused_though_the_build_drops_
 ) -> None:
     assert _build_accepts("Team", email)
     assert not _template_accepts(tmp_path, "Team", email)
+
+
+@pytest.mark.parametrize(
+    ("name", "slug"),
+    [
+        ("Ärger Straße Mail", "aerger-strasse-mail"),
+        ("Café Crème Notifications", "cafe-creme-notifications"),
+        ("3M Łódź Flows", "m-lodz-flows"),
+        # 59 characters: the slug is cut at its limit (38), a trailing dash dropped.
+        (
+            "Northwind Traders Customer Care And Billing Mail Automation",
+            "northwind-traders-customer-care-and-bi",
+        ),
+    ],
+)
+def test_the_default_slug_and_package_are_valid_for_any_valid_name(
+    tmp_path: Path, name: str, slug: str
+) -> None:
+    project = render_template(tmp_path / "project", {"project_name": name})
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    assert answers["project_slug"] == slug
+    assert answers["package_name"] == slug.replace("-", "_")
+    assert answers["project_name"] == name
+
+
+def test_a_name_with_no_latin_letters_asks_for_a_slug(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no Latin letters to make one from"):
+        render_template(tmp_path / "project", {"project_name": "Ярость почты"})
+    project = render_template(
+        tmp_path / "named", {"project_name": "Ярость почты", "project_slug": "yarost-pochty"}
+    )
+    assert "yarost-pochty" in (project / "pyproject.toml").read_text()
