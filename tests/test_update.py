@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import copier
 import pytest
@@ -293,7 +293,7 @@ OWNER_README_LINE = "The owner's own closing line."
 
 @pytest.mark.parametrize("mode", ["inline", "rej"])
 def test_a_conflict_is_left_where_the_upgrade_guide_says(
-    template_repo: Path, tmp_path: Path, mode: str
+    template_repo: Path, tmp_path: Path, mode: Literal["inline", "rej"]
 ) -> None:
     """docs/upgrading.md tells the owner where each `--conflict` mode leaves their edit: inline,
     both versions between markers and git lists the file as unmerged; rej, the file takes the
