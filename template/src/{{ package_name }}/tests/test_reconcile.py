@@ -180,6 +180,7 @@ def test_a_scheduled_flows_run_whose_process_died_is_marked_crashed(
 
 
 def test_a_run_whose_claiming_worker_is_gone_is_run_again_ahead_of_the_queue(
+    gated_audience: str,
     mail_env: list[MailboxState],
     fake: FakeMultiMail,
     answer_deployment: UUID,
@@ -193,7 +194,8 @@ def test_a_run_whose_claiming_worker_is_gone_is_run_again_ahead_of_the_queue(
     credentials.reset()
     pool = "claims-test-pool"
     claims = {"live": "live-worker", "silent": "silent-worker", "vanished": "vanished-worker"}
-    audience = _answering(mail_env)[0]
+    # Its own audience that answers inbound mail (a gated_all one holds it first).
+    audience = next(state for state in mail_env if state.audience == gated_audience)
     mail = {
         case: fake.deliver_inbound(
             to=audience.address, sender="ada@example.com", subject=case, markdown="Hello"
