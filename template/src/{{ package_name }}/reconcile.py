@@ -18,7 +18,10 @@ one on every email it handles) and passes the same guards as the receiver
 - anything else (scheduled, running, suspended on a decision, cancelled by someone): left alone.
 
 Runs of the project's other flows whose process is gone are marked Crashed, so that nothing
-shows them as still running; their schedules start the next ones. An email whose tags or run
+shows them as still running; their schedules start the next ones. So are answer-inbound runs
+whose process is gone after their email got its outcome (a rerun killed while its worker
+submitted it): the sweep above no longer looks at that email, and a Pending run would hold a
+slot of the answer queue for good. An email whose tags or run
 cannot be read this pass (MultiMail or Prefect answering errors) waits for the next pass.
 
 Re-running is safe: the reply's idempotency key comes from the inbound email, and the flow reads
@@ -243,9 +246,12 @@ def answer_deployment() -> str:
     return deployment_name(ANSWER_INBOUND, served=this_deployment.name == SERVED_DEPLOYMENT_NAME)
 
 
-#: This project's flows other than answer-inbound, whose dead runs are only marked Crashed (their
-#: schedules, or receive-webhook's automations and the sweeps, do their work again).
-OTHER_FLOWS = (
+#: This project's flows whose dead runs are only marked Crashed (their schedules, or
+#: receive-webhook's automations and the sweeps, do their work again), and answer-inbound, whose
+#: runs still Pending or Running here belong to emails with an outcome (the rest were run again
+#: by `reconcile_email` first).
+SWEPT_FLOWS = (
+    flow_name(ANSWER_INBOUND),
     receive_webhook.name,
     status_digest.name,
     expire_approval_waits.name,
@@ -255,14 +261,14 @@ OTHER_FLOWS = (
 
 
 async def crash_dead_runs(client: PrefectClient, now: datetime) -> list[FlowRun]:
-    """Mark Crashed the Pending or Running runs of `OTHER_FLOWS` whose process is gone."""
+    """Mark Crashed the Pending or Running runs of `SWEPT_FLOWS` whose process is gone."""
     live = FlowRunFilter(
         state=FlowRunFilterState(
             type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])
         )
     )
     runs = await client.read_flow_runs(
-        flow_filter=FlowFilter(name=FlowFilterName(any_=list(OTHER_FLOWS))),
+        flow_filter=FlowFilter(name=FlowFilterName(any_=list(SWEPT_FLOWS))),
         flow_run_filter=live,
         limit=200,
     )

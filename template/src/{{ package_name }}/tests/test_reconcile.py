@@ -244,3 +244,38 @@ def test_a_run_whose_claiming_worker_is_gone_is_run_again_ahead_of_the_queue(
         assert run.next_scheduled_start_time is not None
         assert queued_later.next_scheduled_start_time is not None
         assert run.next_scheduled_start_time < queued_later.next_scheduled_start_time
+
+
+def test_a_dead_run_of_an_answered_email_is_marked_crashed_and_frees_its_slot(
+    gated_audience: str,
+    mail_env: list[MailboxState],
+    fake: FakeMultiMail,
+    client: MultiMailClient,
+    answer_deployment: UUID,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rerun killed while its worker submitted it, after an earlier attempt had recorded the
+    email's outcome: the sweep no longer looks at the email, yet the dead run must not hold a
+    slot of the answer queue for good (seen in the brief chaos soak)."""
+    state = next(state for state in mail_env if state.audience == gated_audience)
+    email = fake.deliver_inbound(
+        to=state.address, sender="ada@example.com", subject="Answered", markdown="Hello"
+    )
+    run_id = UUID(_reconcile()[email])
+    client.set_tags(state.mailbox_id, email, {STATE_TAG: "reply-sent"})
+
+    async def force_pending_and_read() -> str:
+        async with get_client() as prefect:
+            await prefect.set_flow_run_state(run_id, Pending(), force=True)
+            return str((await prefect.read_flow_run(run_id)).state_name)
+
+    assert asyncio.run(force_pending_and_read()) == "Pending"
+    monkeypatch.setenv("MULTIMAIL_STUCK_RUN_SECONDS", "0")  # its process is gone
+    credentials.reset()
+    assert _reconcile() == {}  # answered: nothing to start or run again
+
+    async def state_name() -> str:
+        async with get_client() as prefect:
+            return str((await prefect.read_flow_run(run_id)).state_name)
+
+    assert asyncio.run(state_name()) == "Crashed"
