@@ -251,6 +251,12 @@ def fake_process(package: str, tls: bool) -> Iterator[Fake]:
         process.wait(timeout=10)
 
 
+def blocks(messages: list[Message], count: int) -> list[list[Message]]:
+    """`messages` cut into `count` blocks in order, the last one shorter if need be."""
+    size = -(-len(messages) // count)
+    return [messages[n * size : (n + 1) * size] for n in range(count)]
+
+
 @dataclass(frozen=True)
 class Message:
     audience: str
@@ -460,8 +466,7 @@ class Bench:
                 started = time.perf_counter()
                 all_sent(bulk.send_many(outgoing(messages), max_concurrency=concurrency))
                 return time.perf_counter() - started
-            size = -(-len(messages) // len(self.beside))
-            mine = [messages[n * size : (n + 1) * size] for n in range(len(self.beside))]
+            mine = blocks(messages, len(self.beside))
             seconds = threads_seconds = 0.0
             for n, (block, theirs) in enumerate(zip(mine, self.beside, strict=True)):
                 if n % 2 == 0:
@@ -694,8 +699,7 @@ def run_order(
         messages = bench.messages(f"{tag} step {i} {pattern}")
         paired = pattern in ("bulk", "retried_bulk")
         pairs = bench.args.pairs if paired else 0
-        size = -(-len(messages) // max(pairs, 1))
-        bench.beside = [bench.messages(f"{tag} step {i} threads {n}")[:size] for n in range(pairs)]
+        bench.beside = blocks(bench.messages(f"{tag} step {i} threads"), pairs) if pairs else []
         bench.beside_rate = None
         since = bench.newest()
         locks, cpu = busy.count, server.seconds()

@@ -21,8 +21,8 @@ Runs of the project's other flows whose process is gone are marked Crashed, so t
 shows them as still running; their schedules start the next ones. So are answer-inbound runs
 whose process is gone after their email got its outcome (a rerun killed while its worker
 submitted it): the sweep above no longer looks at that email, and a Pending run would hold a
-slot of the answer queue for good. An email whose tags or run
-cannot be read this pass (MultiMail or Prefect answering errors) waits for the next pass.
+slot of the answer queue for good. An email whose tags or run cannot be read this pass
+(MultiMail or Prefect answering errors) waits for the next pass.
 
 Re-running is safe: the reply's idempotency key comes from the inbound email, and the flow reads
 what an earlier attempt recorded on the email's tags before it does anything.
