@@ -70,15 +70,36 @@ def test_agents_md_names_the_projects_own_command_and_audiences(render: Render) 
         assert f"| `{audience['name']}` | `{audience['mailbox']}` |" in agents
     assert "message_key" in agents
     # The recipe's new module, under this project's package...
-    assert "opsmail.weekly_summary.weekly_summary" in agents
+    assert "opsmail.flows.weekly_summary.weekly_summary" in agents
     # ...and every other path it names exists.
     named = set(re.findall(r"`(src/[^`]+)`", agents))
-    assert "src/opsmail/tasks.py" in named
+    assert "src/opsmail/mail/" in named
     for path in named - {
-        "src/opsmail/weekly_summary.py",
+        "src/opsmail/flows/weekly_summary.py",
         "src/opsmail/tests/test_weekly_summary.py",
     }:
         assert (project / path).exists(), path
+
+
+def package_folders(project: Path, package: str) -> set[str]:
+    """Every folder of the generated package, as the layout tables name it."""
+    root = project / "src" / package
+    return {f"src/{package}/"} | {
+        f"src/{package}/{folder.name}/"
+        for folder in root.iterdir()
+        if folder.is_dir() and folder.name != "__pycache__"
+    }
+
+
+@pytest.mark.parametrize("document", ["AGENTS.md", "README.md"])
+def test_the_layout_table_has_a_row_per_folder_of_the_package(
+    render: Render, document: str
+) -> None:
+    """A reader finds every folder of the package in the layout table, and nothing else."""
+    project = render(THREE_AUDIENCES_DOCKER)
+    rows = re.findall(r"^\| `(src/[^`]+/)` \|", (project / document).read_text(), re.MULTILINE)
+    assert len(rows) == len(set(rows))
+    assert set(rows) == package_folders(project, "opsmail")
 
 
 @pytest.mark.slow

@@ -114,7 +114,7 @@ def test_deciding_on_the_page_lets_the_waiting_flow_finish(
         [
             str(installed_project / ".venv" / "bin" / "python"),
             "-c",
-            f"from {package}.flows import answer_inbound\n"
+            f"from {package}.flows.answer_inbound import answer_inbound\n"
             f"print('OUTCOME', answer_inbound({inbound!r}, wait='poll').outcome)",
         ],
         env=env,

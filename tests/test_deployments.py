@@ -113,7 +113,7 @@ def check_common(
     # What the answers chose, as the server stores it.
     package = answers["package_name"]
     digest = by_name[f"status-digest{suffix}"]
-    assert digest["entrypoint"] == f"{package}.flows.status_digest"
+    assert digest["entrypoint"] == f"{package}.flows.status_digest.status_digest"
     assert [s["schedule"]["cron"] for s in digest["schedules"]] == [answers["digest_schedule"]]
     expire = by_name[f"expire-approval-waits{suffix}"]
     assert [s["schedule"]["interval"] for s in expire["schedules"]] == [120.0]

@@ -59,14 +59,14 @@ def test_package_and_command_are_named_from_the_answers(
 ) -> None:
     project, answers = rendered
     package = project / "src" / answers["package_name"]
-    for module in ("client", "tasks", "flows", "settings", "credentials", "cli"):
+    for module in ("multimail/client", "mail/tasks", "flows/answer_inbound", "settings", "ops/cli"):
         assert (package / f"{module}.py").is_file()
     assert (package / "fake" / "__init__.py").is_file()
     pyproject = tomllib.loads((project / "pyproject.toml").read_text())
     assert pyproject["project"]["name"] == answers["project_slug"]
     assert pyproject["project"]["requires-python"] == f">={answers['python_version']}"
     assert pyproject["project"]["scripts"] == {
-        answers["project_slug"]: f"{answers['package_name']}.cli:app"
+        answers["project_slug"]: f"{answers['package_name']}.ops.cli:app"
     }
 
 
@@ -84,8 +84,10 @@ def test_audiences_land_in_the_one_settings_file(rendered: tuple[Path, dict[str,
     assert settings["digest"]["audience"] in settings["audiences"]
     assert settings["replies"]["audience"] in settings["audiences"]
     # Flows and tasks name audiences, never a mode or a mailbox: settings.toml decides those.
-    for module in ("flows.py", "tasks.py"):
-        text = (project / "src" / answers["package_name"] / module).read_text()
+    package = project / "src" / answers["package_name"]
+    mail_flows = ("answer_inbound", "status_digest", "expire_approval_waits")
+    for module in [*(package / "flows" / f"{f}.py" for f in mail_flows), package / "mail/tasks.py"]:
+        text = module.read_text()
         for mode in ("read_only", "gated_all", "gated_send", "monitored", "autonomous"):
             assert f'"{mode}"' not in text, f"{module} names the oversight mode {mode}"
         for audience in answers["audiences"]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import runpy
 import shutil
 import subprocess
 import textwrap
@@ -391,3 +392,152 @@ def test_the_upgrade_guide_is_linked_and_every_release_has_an_upgrading_note() -
     assert versions, "no release in CHANGELOG.md"
     for release in versions:
         assert "### Upgrading" in release, release.splitlines()[0]
+
+
+#: The last commit of the flat package, before the regrouping into folders.
+FLAT_LAYOUT_COMMIT = "85c3fc20024fa4538cd53e255632fa4ef8af5916"
+FLAT, GROUPED = "v0.9.8", "v0.9.9"
+OWNER_DRAFT_LINE = "        # Owner: sign every reply with the team's name.\n"
+OWNER_TASK_LINE = "# Owner: the mailbox lookup is cached by the client.\n"
+OWNER_MODULE = '''\
+"""The owner's own module, next to the template's."""
+
+WEEKLY = "weekly"
+'''
+
+
+@pytest.fixture(scope="module")
+def regrouping_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The template at its last flat commit, then as in this working tree."""
+    shallow = git(REPO, "rev-parse", "--is-shallow-repository").strip() == "true"
+    if shallow:
+        pytest.skip("a shallow clone lacks the flat layout's commit; clone in full to run this")
+    repo = tmp_path_factory.mktemp("regrouping-repo")
+    archive = subprocess.run(
+        ["git", "archive", FLAT_LAYOUT_COMMIT, "copier.yml", "template", "hooks"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x"], input=archive, cwd=repo, check=True)
+    git(repo, "init", "--quiet", "--initial-branch=main")
+    commit_all(repo, "the flat package")
+    git(repo, "tag", FLAT)
+    for folder in ("template", "hooks"):
+        shutil.rmtree(repo / folder)
+        shutil.copytree(REPO / folder, repo / folder, ignore=IGNORED)
+    shutil.copy2(REPO / "copier.yml", repo / "copier.yml")
+    commit_all(repo, "the package in folders")
+    git(repo, "tag", GROUPED)
+    return repo
+
+
+def test_an_update_across_the_regrouping_loses_no_edit_of_the_owner(
+    regrouping_repo: Path, tmp_path: Path
+) -> None:
+    """Copier deletes a file the template no longer has, edited or not: the regrouping leaves a
+    notice at each old path, so an edited module becomes a conflict `git status` lists (the
+    owner's code on one side), an untouched one becomes the notice, and the tests fail until
+    both are dealt with (docs/upgrading.md)."""
+    project = generate(regrouping_repo, tmp_path / "owner-flows", OWNER_ANSWERS, FLAT)
+    package = project / "src" / PACKAGE
+    flows = package / "flows.py"
+    flows.write_text(
+        flows.read_text().replace(
+            '    """A first answer to `email`.',
+            OWNER_DRAFT_LINE + '    """A first answer to `email`.',
+        )
+    )
+    assert OWNER_DRAFT_LINE in flows.read_text()
+    tasks = package / "tasks.py"
+    tasks.write_text(tasks.read_text() + "\n" + OWNER_TASK_LINE)
+    settings = package / "settings.toml"
+    settings.write_text(
+        settings.read_text().replace(
+            "approval_timeout_seconds = 3600.0\n", "approval_timeout_seconds = 900.0\n"
+        )
+    )
+    (package / "weekly.py").write_text(OWNER_MODULE)
+    commit_all(project, "owner: a draft comment, a task note, a shorter timeout, own module")
+
+    copier.run_update(project, vcs_ref=GROUPED, overwrite=True, defaults=True, quiet=True)
+
+    status = git(project, "status", "--porcelain")
+    unmerged = {line[3:] for line in status.splitlines() if line.startswith("UU ")}
+    assert unmerged == {f"src/{PACKAGE}/flows.py", f"src/{PACKAGE}/tasks.py"}, status
+    assert OWNER_DRAFT_LINE in flows.read_text()
+    assert "<<<<<<< before updating" in flows.read_text()
+    assert "is now `owner_flows.flows.answer_inbound`" in flows.read_text()
+    assert OWNER_TASK_LINE in tasks.read_text()
+    assert "approval_timeout_seconds = 900.0\n" in settings.read_text()
+    assert (package / "weekly.py").read_text() == OWNER_MODULE
+    untouched = (package / "client.py").read_text()
+    assert untouched.startswith(
+        '"""MOVED: `owner_flows.client` is now `owner_flows.multimail.client`'
+    )
+    assert (package / "multimail" / "client.py").is_file()
+    assert (package / "flows" / "answer_inbound.py").is_file()
+    # The project's own test names every file left to deal with, and passes once they are gone.
+    layout_test = runpy.run_path(str(package / "tests" / "test_layout.py"))
+    check_layout = layout_test["test_no_update_left_a_conflict_or_a_moved_module_behind"]
+    with pytest.raises(AssertionError) as left:
+        check_layout()
+    assert f"src/{PACKAGE}/flows.py: conflict markers" in str(left.value)
+    assert f"src/{PACKAGE}/client.py: moved" in str(left.value)
+    # Once the owner moved their changes and deleted the notices, a fresh copy's files remain.
+    for path in package.glob("*.py"):
+        if path.read_text().startswith(('"""MOVED', "<<<<<<<")):
+            path.unlink()
+    check_layout()
+    fresh = generate(regrouping_repo, tmp_path / "fresh", OWNER_ANSWERS, GROUPED)
+    owner_only = {f"src/{PACKAGE}/weekly.py", f"src/{PACKAGE}/settings.toml"}
+    mine, theirs = tree(project), tree(fresh)
+    assert {k for k in mine if k not in owner_only} == {k for k in theirs if k not in owner_only}
+
+
+def _owner_changes_answer_inbound(project: Path, package: str) -> Path:
+    module = project / "src" / package / "flows" / "answer_inbound.py"
+    module.write_text(
+        module.read_text().replace(
+            '    """A first answer to `email`.',
+            OWNER_DRAFT_LINE + '    """A first answer to `email`.',
+        )
+    )
+    (project / "src" / package / "weekly.py").write_text(OWNER_MODULE)
+    commit_all(project, "owner: a draft comment and an own module")
+    return module
+
+
+def test_a_package_rename_keeps_every_edit_the_way_the_upgrade_guide_says(
+    template_repo: Path, tmp_path: Path
+) -> None:
+    """`--data package_name=` alone drops the owner's changes to template files (Copier deletes
+    the old folder's files); renaming with git first, as docs/upgrading.md says, keeps them."""
+    new = "renamed_flows"
+    direct = generate(template_repo, tmp_path / "direct", OWNER_ANSWERS, OLD)
+    _owner_changes_answer_inbound(direct, PACKAGE)
+    copier.run_update(
+        direct, vcs_ref=OLD, overwrite=True, defaults=True, quiet=True, data={"package_name": new}
+    )
+    assert (
+        OWNER_DRAFT_LINE not in (direct / "src" / new / "flows" / "answer_inbound.py").read_text()
+    )
+    assert not (direct / "src" / PACKAGE / "flows").exists()
+    assert (direct / "src" / PACKAGE / "weekly.py").is_file()  # orphaned in the old folder
+
+    project = generate(template_repo, tmp_path / "recipe", OWNER_ANSWERS, OLD)
+    _owner_changes_answer_inbound(project, PACKAGE)
+    git(project, "mv", f"src/{PACKAGE}", f"src/{new}")
+    for name in git(project, "grep", "-l", PACKAGE).split():
+        path = project / name
+        path.write_text(path.read_text().replace(PACKAGE, new))
+    commit_all(project, f"rename the package to {new}")
+    before = tree(project)
+    copier.run_update(project, vcs_ref=OLD, overwrite=True, defaults=True, quiet=True)
+    assert tree(project) == before  # nothing left to change, nothing lost
+    assert OWNER_DRAFT_LINE in (project / "src" / new / "flows" / "answer_inbound.py").read_text()
+    fresh = generate(template_repo, tmp_path / "fresh", {**OWNER_ANSWERS, "package_name": new}, OLD)
+    owner_only = {f"src/{new}/weekly.py", f"src/{new}/flows/answer_inbound.py"}
+    assert {k: v for k, v in tree(project).items() if k not in owner_only} == {
+        k: v for k, v in tree(fresh).items() if k not in owner_only
+    }

@@ -33,14 +33,14 @@ class OnFake:
     states: list[Any]  # provision.MailboxState of each audience
 
     def module(self, name: str) -> Any:
-        """A module of the generated package (`flows`, `receiver`, ...)."""
+        """A module of the generated package (`flows.answer_inbound`, `inbound.receiver`, ...)."""
         return importlib.import_module(f"{self.package}.{name}")
 
     def operator_client(self) -> Any:
         """A MultiMail client with the oversight scope: the human who decides."""
         from pydantic import SecretStr
 
-        client_module = self.module("client")
+        client_module = self.module("multimail.client")
         key = SecretStr(self.fake.create_key(["oversight"]))
         return client_module.MultiMailClient(self.fake.base_url, key)
 
@@ -49,13 +49,13 @@ class OnFake:
 def provisioned_fake(package: str, **fake_options: Any) -> Iterator[OnFake]:
     """A running fake with one mailbox per audience, in its mode; MULTIMAIL_* point at it."""
     fake_module = importlib.import_module(f"{package}.fake")
-    credentials = importlib.import_module(f"{package}.credentials")
-    demo = importlib.import_module(f"{package}.demo")
+    credentials = importlib.import_module(f"{package}.mail.connection")
+    operator = importlib.import_module(f"{package}.fake.operator")
     with fake_module.FakeMultiMail(**fake_options) as fake:
         key = fake.create_key(["read", "send", "admin"])
         os.environ.update(MULTIMAIL_API_URL=fake.base_url, MULTIMAIL_API_KEY=key)
         credentials.reset()
         settings = credentials.current_settings()
         client = credentials.shared_client()
-        states = demo.provision_on_fake(fake, client, settings)
+        states = operator.provision_on_fake(fake, client, settings)
         yield OnFake(package, fake, settings, client, states)

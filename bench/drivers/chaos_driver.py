@@ -219,7 +219,7 @@ class Soak:
             self.operator_key = anonymous.post(
                 "/_fake/keys", json={"scopes": ["oversight"], "name": "operator"}
             ).json()["api_key"]
-        serving = importlib.import_module(f"{self.pkg}.serving")
+        serving = importlib.import_module(f"{self.pkg}.fake.background")
         faults = ApiFaults(
             unavailable=self.args.api_fault_rate * 0.4,
             lost_answer=self.args.api_fault_rate * 0.3,

@@ -86,10 +86,10 @@ def main() -> None:
         from prefect.settings import PREFECT_API_URL
         from prefect.testing.utilities import prefect_test_harness
 
-        flows = importlib.import_module(f"{pkg}.flows")
-        receiver = importlib.import_module(f"{pkg}.receiver")
-        serving = importlib.import_module(f"{pkg}.serving")
-        provision = importlib.import_module(f"{pkg}.provision")
+        flows = importlib.import_module(f"{pkg}.flows.answer_inbound")
+        receiver = importlib.import_module(f"{pkg}.inbound.receiver")
+        serving = importlib.import_module(f"{pkg}.fake.background")
+        provision = importlib.import_module(f"{pkg}.multimail.provision")
         namespace = importlib.import_module(f"{pkg}.namespace")
         served_answer = namespace.deployment_name(namespace.ANSWER_INBOUND, served=True)
 
@@ -119,7 +119,7 @@ def main() -> None:
                 "PREFECT_RUNNER_POLL_FREQUENCY": str(int(args.runner_poll)),
             }
             serve = subprocess.Popen(
-                [sys.executable, "-m", f"{pkg}.cli", "serve"],
+                [sys.executable, "-m", f"{pkg}", "serve"],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

@@ -50,8 +50,8 @@ def main() -> None:
         from prefect.task_runners import ThreadPoolTaskRunner
         from prefect.testing.utilities import prefect_test_harness
 
-        tasks = importlib.import_module(f"{package}.tasks")
-        bulk = importlib.import_module(f"{package}.bulk")
+        tasks = importlib.import_module(f"{package}.mail.tasks")
+        bulk = importlib.import_module(f"{package}.mail.bulk")
 
         runner: Any = ThreadPoolTaskRunner(max_workers=args.workers)
 

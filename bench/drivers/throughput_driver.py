@@ -230,7 +230,7 @@ class Fake:
 @contextmanager
 def fake_process(package: str, tls: bool) -> Iterator[Fake]:
     """`<project> fake serve` in a process of its own, as a user starts it."""
-    command = [sys.executable, "-m", f"{package}.cli", "fake", "serve", "--port", "0"]
+    command = [sys.executable, "-m", f"{package}", "fake", "serve", "--port", "0"]
     process = subprocess.Popen(
         [*command, *(["--tls"] if tls else [])],
         stdout=subprocess.PIPE,
@@ -271,8 +271,14 @@ class Bench:
 
     def __init__(self, package: str, fake: Fake, args: argparse.Namespace) -> None:
         self.pkg = {
-            name: importlib.import_module(f"{package}.{name}")
-            for name in ("credentials", "demo", "client", "tasks", "bulk")
+            name: importlib.import_module(f"{package}.{module}")
+            for name, module in {
+                "credentials": "mail.connection",
+                "operator": "fake.operator",
+                "client": "multimail.client",
+                "tasks": "mail.tasks",
+                "bulk": "mail.bulk",
+            }.items()
         }
         self.package, self.fake, self.args = package, fake, args
         self.audience = ""
@@ -296,7 +302,7 @@ class Bench:
         credentials.reset()
         settings = credentials.current_settings()
         client = credentials.shared_client()
-        states = self.pkg["demo"].provision_on_fake(self.fake, client, settings)
+        states = self.pkg["operator"].provision_on_fake(self.fake, client, settings)
         # The fastest audience to send from: one whose mail is not held for approval.
         order = ["autonomous", "monitored", "gated_send", "gated_all"]
         ready = [s for s in states if s.ready and s.mode in order]

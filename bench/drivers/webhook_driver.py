@@ -94,7 +94,7 @@ def start_executor(args: argparse.Namespace, pkg: str, env: dict[str, str]) -> A
     logs = Path(tempfile.mkdtemp(prefix="webhook-bench-logs-"))
     out = (logs / f"{args.executor}.log").open("w")
     if args.executor == "serve":
-        command = [sys.executable, "-m", f"{pkg}.cli", "serve"]
+        command = [sys.executable, "-m", f"{pkg}", "serve"]
     else:
         prefect = str(Path(sys.executable).with_name("prefect"))
         command = [prefect, "worker", "start", "--pool", POOL, "--type", "process"]
@@ -108,7 +108,7 @@ def deploy_for_worker(pkg: str, limit: int, env: dict[str, str]) -> None:
     from prefect.deployments.runner import RunnerDeployment
     from prefect.types.entrypoint import EntrypointType
 
-    flows = importlib.import_module(f"{pkg}.flows")
+    flows = importlib.import_module(f"{pkg}.flows.answer_inbound")
     prefect = str(Path(sys.executable).with_name("prefect"))
     create = [prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite"]
     subprocess.run(create, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -143,7 +143,7 @@ def main() -> None:
         state = quick[0] if quick else next(s for s in on_fake.states if s.mode != "read_only")
         operator = None
         if not quick:
-            demo = on_fake.module("demo")
+            demo = on_fake.module("fake.operator")
             operator = demo.Operator(
                 on_fake.operator_client(), lambda _: ("approve", None), lambda _: None
             )
@@ -166,10 +166,10 @@ def measure(
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
-    inbound = importlib.import_module(f"{pkg}.inbound")
-    receiver = importlib.import_module(f"{pkg}.receiver")
-    serving = importlib.import_module(f"{pkg}.serving")
-    provision = importlib.import_module(f"{pkg}.provision")
+    inbound = importlib.import_module(f"{pkg}.inbound.starter")
+    receiver = importlib.import_module(f"{pkg}.inbound.receiver")
+    serving = importlib.import_module(f"{pkg}.fake.background")
+    provision = importlib.import_module(f"{pkg}.multimail.provision")
     api_url = str(PREFECT_API_URL.value())
     env = {
         **os.environ,
@@ -244,7 +244,7 @@ def measure(
 
 
 def credentials_settings(pkg: str) -> Any:
-    return importlib.import_module(f"{pkg}.credentials").current_settings()
+    return importlib.import_module(f"{pkg}.mail.connection").current_settings()
 
 
 class LateApp:

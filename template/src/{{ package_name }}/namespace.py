@@ -10,7 +10,7 @@ name is fixed when the flow is defined.
   per flow and groups runs by flow, so with the project in the flow's name the run keys, the
   sweeps' queries and the UI's runs are this project's alone.
 - Deployments keep the flow's short name (`<project>-answer-inbound/answer-inbound`, and
-  `.../local` under `serve`): prefect.yaml names them, `flows.py` defines the flow of each.
+  `.../local` under `serve`): prefect.yaml names them, `flows/<deployment>.py` defines each flow.
 - The answer-inbound work queue, the audit export's Variable, artifact keys, pause keys, the
   draft cache key, event ids and a `<project>` tag on every deployment, run and event carry the
   project too.

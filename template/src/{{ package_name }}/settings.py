@@ -2,7 +2,7 @@
 
 The TOML file holds what Copier rendered (audiences, API URL, Secret block name); environment
 variables and a local `.env` file win over it. The API key is only ever read from the
-environment (or the Prefect Secret block, see `credentials.py`), never from the TOML file.
+environment (or the Prefect Secret block, see `mail/connection.py`), never from the TOML file.
 """
 
 from __future__ import annotations

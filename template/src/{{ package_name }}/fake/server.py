@@ -9,8 +9,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ..serving import BackgroundServer
 from .app import DroppedResponse, create_app
+from .background import BackgroundServer
 from .state import ApiError, FakeState
 
 

@@ -12,11 +12,11 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from .. import credentials
-from ..client import MultiMailClient
-from ..demo import Operator, provision_on_fake
 from ..fake import FakeMultiMail, pytest_plugin
-from ..provision import MailboxState
+from ..fake.operator import Operator, provision_on_fake
+from ..mail import connection
+from ..multimail.client import MultiMailClient
+from ..multimail.provision import MailboxState
 from ..settings import Settings
 
 APP_SCOPES = ["read", "send", "admin"]
@@ -83,7 +83,7 @@ def gated_audience(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv(prefix + "OVERSIGHT_MODE", "gated_send")
     monkeypatch.setenv(prefix + "PURPOSE", "Replies a human approves (tests only).")
     monkeypatch.setenv("MULTIMAIL_REPLIES__AUDIENCE", GATED_AUDIENCE)
-    credentials.reset()
+    connection.reset()
     return GATED_AUDIENCE
 
 
@@ -94,11 +94,11 @@ def mail_env(
     """Point the project's settings at the fake and provision every audience's mailbox."""
     monkeypatch.setenv("MULTIMAIL_API_URL", fake.base_url)
     monkeypatch.setenv("MULTIMAIL_API_KEY", app_key.get_secret_value())
-    credentials.reset()
-    states = provision_on_fake(fake, credentials.shared_client(), credentials.current_settings())
+    connection.reset()
+    states = provision_on_fake(fake, connection.shared_client(), connection.current_settings())
     assert all(state.ready for state in states), states
     yield states
-    credentials.reset()
+    connection.reset()
 
 
 @pytest.fixture
@@ -119,6 +119,31 @@ def rejecting_operator(operator_client: MultiMailClient) -> Iterator[Operator]:
     operator.start()
     yield operator
     operator.stop()
+
+
+@pytest.fixture(autouse=True)
+def prefect_only_where_marked(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """The `slow` marker works both ways: a test marked so gets the session's Prefect server,
+    and a test not marked fails, naming the marker, the moment it would start one (so
+    `-m "not slow"` never waits for a server, even after a marked test started it)."""
+    if request.node.get_closest_marker("slow"):
+        request.getfixturevalue("prefect_server")
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(
+            f"{request.node.nodeid} starts a Prefect server: mark it `@pytest.mark.slow`, "
+            "which gives it the session's server"
+        )
+
+    monkeypatch.setattr(SubprocessASGIServer, "start", refuse)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        yield
 
 
 @pytest.fixture(scope="session")

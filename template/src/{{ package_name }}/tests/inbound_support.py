@@ -28,14 +28,14 @@ from prefect.client.schemas.objects import FlowRun
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .. import credentials
-from ..client import MultiMailClient
 from ..fake import FakeMultiMail
-from ..flows import answer_inbound
-from ..inbound import InboundStarter, MailboxDirectory, run_key
+from ..fake.background import BackgroundServer
+from ..flows.answer_inbound import answer_inbound
+from ..inbound.receiver import create_receiver
+from ..inbound.starter import InboundStarter, MailboxDirectory, run_key
+from ..mail import connection
+from ..multimail.client import MultiMailClient
 from ..namespace import ANSWER_INBOUND, deployment_name
-from ..receiver import create_receiver
-from ..serving import BackgroundServer
 
 DEPLOYMENT_NAME = ANSWER_INBOUND
 DEPLOYMENT = deployment_name(ANSWER_INBOUND)
@@ -114,7 +114,7 @@ class Receiver:
         subscription = client.create_webhook(self.url, ["message.received"])
         assert subscription.signing_secret is not None
         self.secret = subscription.signing_secret
-        self.directory = MailboxDirectory(credentials.current_settings(), client.list_mailboxes)
+        self.directory = MailboxDirectory(connection.current_settings(), client.list_mailboxes)
         self._late.app = self.app()
 
     def app(self, deployment: str = DEPLOYMENT, **starter: Any) -> ASGIApp:

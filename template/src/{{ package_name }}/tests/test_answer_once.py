@@ -13,18 +13,21 @@ from typing import Any
 import httpx
 import pytest
 
-from .. import credentials, flows
-from ..approvals import await_delivery
-from ..client import MultiMailClient
 from ..fake import FakeMultiMail
-from ..flows import FLOW_RETRIES, FLOW_RETRY_DELAY_SECONDS, answer_inbound, status_digest
-from ..models import EmailSummary
-from ..provision import MailboxState
-from ..tasks import Delivery, send_email
+from ..flows import answer_inbound as answer_module
+from ..flows.answer_inbound import answer_inbound
+from ..flows.status_digest import status_digest
+from ..mail import connection
+from ..mail.retry_policy import FLOW_RETRIES, FLOW_RETRY_DELAY_SECONDS
+from ..mail.tasks import Delivery, send_email
+from ..multimail.client import MultiMailClient
+from ..multimail.models import EmailSummary
+from ..multimail.provision import MailboxState
+from ..oversight.approvals import await_delivery
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.usefixtures("prefect_server", "approving_operator"),
+    pytest.mark.usefixtures("approving_operator"),
 ]
 
 
@@ -38,7 +41,7 @@ def _address(states: list[MailboxState], audience: str) -> str:
 
 
 def _outbound(client: MultiMailClient, audience: str) -> list[EmailSummary]:
-    mailbox = client.mailbox_id(credentials.current_settings().audience(audience).mailbox)
+    mailbox = client.mailbox_id(connection.current_settings().audience(audience).mailbox)
     return list(client.iter_emails(mailbox, direction="outbound"))
 
 
@@ -71,7 +74,7 @@ def test_a_whole_flow_retry_after_a_crash_mid_flow_sends_nothing_twice(
             raise RuntimeError(crashes[0])
         return real_await(*args, **kwargs)
 
-    monkeypatch.setattr(flows, "await_delivery", crash_once)
+    monkeypatch.setattr(answer_module, "await_delivery", crash_once)
     report = answer_inbound.with_options(retry_delay_seconds=0)(inbound, wait="poll")
     assert crashes  # the first attempt really crashed
     assert report.outcome == "sent"
@@ -117,7 +120,7 @@ def test_an_auto_responder_cannot_start_a_loop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("MULTIMAIL_MAX_REPLIES_PER_THREAD_PER_DAY", "2")
-    credentials.reset()
+    connection.reset()
     email = _inbound(fake, mail_env, audience, sender="robot@example.com", subject="Ticket")
     outcomes = []
     for _ in range(4):  # the customer's auto-responder answers each of our replies
@@ -134,7 +137,7 @@ def test_an_auto_responder_cannot_start_a_loop(
         )
     assert outcomes == ["sent", "sent", "skipped"]
     assert len(_outbound(client, audience)) == 2
-    mailbox = client.mailbox_id(credentials.current_settings().audience(audience).mailbox)
+    mailbox = client.mailbox_id(connection.current_settings().audience(audience).mailbox)
     tags = client.get_tags(mailbox, email)
     assert tags["state"] == "reply-skipped"
     assert "max_replies_per_thread_per_day" in tags["skip_reason"]

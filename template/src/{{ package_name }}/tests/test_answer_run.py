@@ -14,14 +14,14 @@ from prefect.client.schemas.objects import State
 from prefect.states import Completed, Failed, Running
 from typer.testing import CliRunner, Result
 
-from ..answer_runs import ANSWER_INBOUND_FLOW
-from ..cli import app
 from ..fake import FakeMultiMail
-from ..provision import MailboxState
+from ..inbound.answer_run import ANSWER_INBOUND_FLOW
+from ..multimail.provision import MailboxState
+from ..ops.cli import app
 from ..settings import OversightMode
 from .inbound_support import Receiver, answer_deployment, receiver, runs_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+pytestmark = pytest.mark.slow
 __all__ = ["answer_deployment", "receiver"]
 
 

@@ -31,19 +31,19 @@ from prefect.settings import PREFECT_API_URL
 from prefect.variables import Variable
 from pydantic import SecretStr
 
-from .. import credentials
-from ..audit_export import CursorOfAnotherAccount, export_audit_log
-from ..client import MultiMailClient
-from ..events import reply_decided, reply_queued
 from ..fake import FakeMultiMail
-from ..flows import answer_inbound
-from ..models import AuditEntry
+from ..flows.answer_inbound import answer_inbound
+from ..flows.export_audit_log import CursorOfAnotherAccount, export_audit_log
+from ..mail import connection
+from ..mail.events import reply_decided, reply_queued
+from ..multimail.client import MultiMailClient
+from ..multimail.models import AuditEntry
+from ..multimail.provision import MailboxState
 from ..namespace import AUDIT_CURSOR_VARIABLE, PROJECT_VARIABLE
-from ..provision import MailboxState
 from ..settings import OversightMode
 from .inbound_support import wait_until_released
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -237,7 +237,7 @@ def test_the_position_an_older_version_kept_is_taken_over(
 
 _OTHER_PROJECT_EXPORT = """
 import asyncio, json
-from {package}.audit_export import export_audit_log
+from {package}.flows.export_audit_log import export_audit_log
 from {package}.namespace import AUDIT_CURSOR_VARIABLE
 exported = asyncio.run(export_audit_log())
 print(json.dumps({{"exported": exported, "variable": AUDIT_CURSOR_VARIABLE}}))
@@ -347,7 +347,7 @@ def test_answering_an_email_emits_reply_queued_and_decided(
     approving_operator: object,
     operator_client: MultiMailClient,
 ) -> None:
-    settings = credentials.current_settings()
+    settings = connection.current_settings()
     audience = settings.replies.audience
     address = next(s.address for s in mail_env if s.audience == audience)
     inbound = fake.deliver_inbound(

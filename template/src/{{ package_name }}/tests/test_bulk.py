@@ -15,13 +15,13 @@ from prefect import flow, task, unmapped
 from prefect.runtime import flow_run
 from pydantic import SecretStr
 
-from .. import credentials
-from ..bulk import OutgoingEmail, SendOutcome, send_many
-from ..client import MultiMailClient
-from ..demo import provision_on_fake
 from ..fake import FakeMultiMail
-from ..provision import MailboxState
-from ..tasks import message_key, send_email
+from ..fake.operator import provision_on_fake
+from ..mail import connection
+from ..mail.bulk import OutgoingEmail, SendOutcome, send_many
+from ..mail.tasks import message_key, send_email
+from ..multimail.client import MultiMailClient
+from ..multimail.provision import MailboxState
 
 
 def add_fault(fake: FakeMultiMail, **rule: Any) -> None:
@@ -37,7 +37,7 @@ def times_fired(fake: FakeMultiMail) -> int:
 
 def sent_subjects(client: MultiMailClient, audience: str) -> Counter[str]:
     """How often each subject went out from the audience's mailbox."""
-    mailbox = client.mailbox_id(credentials.current_settings().audience(audience).mailbox)
+    mailbox = client.mailbox_id(connection.current_settings().audience(audience).mailbox)
     return Counter(e.subject for e in client.iter_emails(mailbox, direction="outbound"))
 
 
@@ -60,7 +60,7 @@ def ids(outcomes: list[SendOutcome]) -> list[str]:
 
 @pytest.fixture
 def audience(mail_env: list[MailboxState]) -> str:
-    return credentials.current_settings().replies.audience
+    return connection.current_settings().replies.audience
 
 
 def test_every_message_is_sent_once_with_its_outcome_in_order(
@@ -107,7 +107,7 @@ def test_when_retries_run_out_the_outcome_says_so_and_a_later_call_sends_the_res
     fake: FakeMultiMail, client: MultiMailClient, audience: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MULTIMAIL_RETRIES", "2")
-    credentials.reset()
+    connection.reset()
     messages = batch(audience, 6)
     sent_before = send_many.fn(messages[:2])
     add_fault(fake, status=503)  # MultiMail is down
@@ -171,19 +171,18 @@ def test_over_tls_the_client_trusts_the_fakes_ca_and_nothing_else(
         monkeypatch.setenv("SSL_CERT_FILE", str(fake.ca_file))  # read when a client is built
         monkeypatch.setenv("MULTIMAIL_API_URL", fake.base_url)
         monkeypatch.setenv("MULTIMAIL_API_KEY", key)
-        credentials.reset()
+        connection.reset()
         try:
-            settings = credentials.current_settings()
-            provision_on_fake(fake, credentials.shared_client(), settings)
+            settings = connection.current_settings()
+            provision_on_fake(fake, connection.shared_client(), settings)
             outcomes = send_many.fn(batch(settings.replies.audience, 5))
             assert all(o.sent for o in outcomes), [o.error for o in outcomes]
-            assert len(sent_subjects(credentials.shared_client(), settings.replies.audience)) == 5
+            assert len(sent_subjects(connection.shared_client(), settings.replies.audience)) == 5
         finally:
-            credentials.reset()
+            connection.reset()
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("prefect_server")
 def test_a_flow_retry_after_a_crash_sends_nothing_twice(
     client: MultiMailClient, audience: str
 ) -> None:
@@ -201,6 +200,7 @@ def test_a_flow_retry_after_a_crash_sends_nothing_twice(
     assert sent_subjects(client, audience) == Counter(m.subject for m in messages)
 
 
+@pytest.mark.slow
 def test_prefect_is_handed_the_messages_whole_by_call_submit_and_map(
     client: MultiMailClient, audience: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -240,7 +240,6 @@ def test_prefect_is_handed_the_messages_whole_by_call_submit_and_map(
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("prefect_server")
 def test_send_many_keeps_its_pace_after_a_map_in_the_same_process(
     client: MultiMailClient, audience: str
 ) -> None:

@@ -6,13 +6,13 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from ..client import (
+from ..fake import FakeMultiMail
+from ..multimail.client import (
     MailboxNotFoundError,
     MultiMailAPIError,
     MultiMailClient,
     MultiMailResponseError,
 )
-from ..fake import FakeMultiMail
 
 
 def test_send_is_accepted_then_held_for_approval_in_a_new_mailbox(client: MultiMailClient) -> None:

@@ -1,6 +1,6 @@
 """The Prefect Cloud path: prefect/cloud-webhook.json turns MultiMail's webhooks into events about
 ids, labelled with this project, and the two automations of prefect/cloud-trigger.yaml run the
-receive-webhook deployment (cloud_receiver.py) for inbound mail and for decisions; that run
+receive-webhook deployment (flows/receive_webhook.py) for inbound mail and for decisions; that run
 starts the answer run exactly as `receiver serve` does, or resumes the runs waiting for the
 decision.
 
@@ -49,17 +49,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import credentials
-from ..answer_runs import find_answer_run
-from ..approvals import pause_key, waiter_tag
-from ..client import MultiMailClient
-from ..cloud_receiver import RETRIES, NotActedOnYet, receive_webhook
 from ..fake import FakeMultiMail
-from ..inbound import ANSWER_RUN_NAME, RUN_TAGS, start_answer
-from ..local_deployments import deployment_config, load_flow
+from ..fake.background import BackgroundServer
+from ..flows.receive_webhook import RETRIES, NotActedOnYet, receive_webhook
+from ..inbound.answer_run import find_answer_run
+from ..inbound.starter import ANSWER_RUN_NAME, RUN_TAGS, start_answer
+from ..mail import connection
+from ..multimail.client import MultiMailClient
+from ..multimail.provision import MailboxState
 from ..namespace import PROJECT, RECEIVE_WEBHOOK
-from ..provision import MailboxState
-from ..serving import BackgroundServer
+from ..ops.serve import deployment_config, load_flow
+from ..oversight.approvals import pause_key, waiter_tag
 from .inbound_support import answer_deployment, runs_answering, runs_for
 
 __all__ = ["answer_deployment"]
@@ -347,7 +347,7 @@ def _run_in_process(run: FlowRun) -> State[Any]:
 
 def _replies_mailbox(client: MultiMailClient, mail_env: list[MailboxState]) -> tuple[str, str]:
     """(audience, mailbox id) of the replies audience, whose inbound mail is answered."""
-    audience = credentials.current_settings().replies.audience
+    audience = connection.current_settings().replies.audience
     address = next(s.address for s in mail_env if s.audience == audience)
     return audience, client.mailbox_id(address.partition("@")[0])
 
@@ -483,7 +483,6 @@ def test_a_decision_on_cloud_resumes_the_run_waiting_for_it(
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("prefect_server")
 def test_a_run_not_suspended_yet_fails_the_flow_run_for_its_retries_and_forged_ids_do_nothing(
     answer_deployment: UUID,
     fake: FakeMultiMail,

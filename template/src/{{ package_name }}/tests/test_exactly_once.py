@@ -20,14 +20,14 @@ from prefect.client.schemas.filters import (
 )
 from prefect.runtime import flow_run
 
-from .. import credentials
-from ..client import MultiMailAPIError, MultiMailClient
 from ..fake import FakeMultiMail
-from ..models import EmailSummary
-from ..provision import MailboxState
-from ..tasks import message_key, reply_to_email, send_email
+from ..mail import connection
+from ..mail.tasks import message_key, reply_to_email, send_email
+from ..multimail.client import MultiMailAPIError, MultiMailClient
+from ..multimail.models import EmailSummary
+from ..multimail.provision import MailboxState
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+pytestmark = pytest.mark.slow
 
 
 #: A 409 as MultiMail words it for an identical message sent without a key.
@@ -47,14 +47,14 @@ def times_fired(fake: FakeMultiMail) -> int:
 
 
 def outbound(client: MultiMailClient, audience: str) -> list[EmailSummary]:
-    settings = credentials.current_settings()
+    settings = connection.current_settings()
     mailbox = client.mailbox_id(settings.audience(audience).mailbox)
     return list(client.iter_emails(mailbox, direction="outbound"))
 
 
 @pytest.fixture
 def audience(mail_env: list[MailboxState]) -> str:
-    return credentials.current_settings().replies.audience
+    return connection.current_settings().replies.audience
 
 
 def _send(audience: str, key: str = "k-1", subject: str = "Hello") -> str:
@@ -99,7 +99,7 @@ def test_the_retry_count_is_the_setting_of_the_moment_not_of_the_import(
     fake: FakeMultiMail, client: MultiMailClient, audience: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MULTIMAIL_RETRIES", "1")
-    credentials.reset()
+    connection.reset()
     add_fault(fake, path_prefix="/v1/mailboxes/", method="POST", status=503, count=5)
     with pytest.raises(MultiMailAPIError):
         _send(audience)
@@ -120,7 +120,7 @@ def test_timeout_is_retried_and_the_late_request_sends_nothing_twice(
     fake: FakeMultiMail, client: MultiMailClient, audience: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MULTIMAIL_TIMEOUT_SECONDS", "0.5")
-    credentials.reset()
+    connection.reset()
     add_fault(fake, path_prefix="/v1/mailboxes/", method="POST", latency=3.0, count=1)
     started = time.monotonic()
     email_id = _send(audience)
@@ -175,7 +175,7 @@ def test_a_duplicate_409_fails_at_once_and_claims_no_other_message(
     # Every send carries its own key, so a 409 "Duplicate" is about a *different* message with
     # the same content (here `other`): adopting it would hijack that message and its tags.
     other = send_email(audience, ["ada@example.com"], "Hello", "Hi Ada", "other-key").id
-    mailbox = client.mailbox_id(credentials.current_settings().audience(audience).mailbox)
+    mailbox = client.mailbox_id(connection.current_settings().audience(audience).mailbox)
     tags = {"prefect-flow-run-00000000-0000-4000-8000-000000000000": "someone else's wait"}
     client.set_tags(mailbox, other, tags)
     add_fault(fake, path_prefix="/v1/mailboxes/", method="POST", count=1, **DUPLICATE_409)

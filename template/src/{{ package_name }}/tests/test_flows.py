@@ -9,27 +9,29 @@ from prefect import flow
 from prefect.settings import PREFECT_RESULTS_PERSIST_BY_DEFAULT, temporary_settings
 from pydantic import SecretStr
 
-from .. import credentials, flows
-from ..client import MultiMailClient
-from ..demo import Operator
 from ..fake import FakeMultiMail
-from ..flows import answer_inbound, draft, status_digest
-from ..models import Email
-from ..provision import MailboxState
-from ..tasks import check_delivery, read_email, send_email
+from ..fake.operator import Operator
+from ..flows import answer_inbound as answer_module
+from ..flows.answer_inbound import answer_inbound, draft
+from ..flows.status_digest import status_digest
+from ..mail import connection
+from ..mail.tasks import check_delivery, read_email, send_email
+from ..multimail.client import MultiMailClient
+from ..multimail.models import Email
+from ..multimail.provision import MailboxState
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+pytestmark = pytest.mark.slow
 
 
 def _replies_address(states: list[MailboxState]) -> str:
-    audience = credentials.current_settings().replies.audience
+    audience = connection.current_settings().replies.audience
     return next(state.address for state in states if state.audience == audience)
 
 
 def test_status_digest_reaches_the_team(
     mail_env: list[MailboxState], approving_operator: Operator, client: MultiMailClient
 ) -> None:
-    settings = credentials.current_settings()
+    settings = connection.current_settings()
     delivery = status_digest()
     assert delivery.outcome == "sent"
     mailbox = client.mailbox_id(settings.audience(settings.digest.audience).mailbox)
@@ -53,7 +55,7 @@ def test_approved_reply_is_sent_and_reported(
     )
     report = answer_inbound(inbound)
     assert report.outcome == "sent"
-    settings = credentials.current_settings()
+    settings = connection.current_settings()
     mailbox = client.mailbox_id(settings.audience(settings.replies.audience).mailbox)
     assert report.reply_id is not None
     reply = client.get_email(mailbox, report.reply_id)
@@ -78,7 +80,7 @@ def test_rejected_reply_is_reported_not_retried(
     assert report.outcome == "rejected"
     assert report.approved_by is None
     # Exactly one reply exists: a rejection is an outcome, not an error to retry.
-    settings = credentials.current_settings()
+    settings = connection.current_settings()
     mailbox = client.mailbox_id(settings.audience(settings.replies.audience).mailbox)
     outbound = client.list_emails(mailbox, direction="outbound").emails
     assert [e.id for e in outbound] == [report.reply_id]
@@ -92,7 +94,7 @@ def test_an_unanswered_reply_times_out_and_is_cancelled(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("MULTIMAIL_APPROVAL_TIMEOUT_SECONDS", "1")
-    credentials.reset()
+    connection.reset()
     inbound = fake.deliver_inbound(
         to=_replies_address(mail_env),
         sender="dee@example.com",
@@ -101,32 +103,32 @@ def test_an_unanswered_reply_times_out_and_is_cancelled(
     )
     report = answer_inbound(inbound, wait="poll")  # no operator: nobody decides
     assert report.outcome == "timed_out"
-    settings = credentials.current_settings()
+    settings = connection.current_settings()
     mailbox = client.mailbox_id(settings.audience(settings.replies.audience).mailbox)
     # Cancelled, so that a late approval cannot send it behind the flow's back.
     assert report.reply_id is not None
     assert client.get_email(mailbox, report.reply_id).status == "cancelled"
-    credentials.reset()
+    connection.reset()
 
 
 def test_a_mode_change_in_settings_changes_the_flow_without_editing_it(
     fake: FakeMultiMail, app_key: SecretStr, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    name = credentials.current_settings().replies.audience
+    name = connection.current_settings().replies.audience
     monkeypatch.setenv(f"MULTIMAIL_AUDIENCES__{name.upper()}__OVERSIGHT_MODE", "autonomous")
     monkeypatch.setenv("MULTIMAIL_API_URL", fake.base_url)
     monkeypatch.setenv("MULTIMAIL_API_KEY", app_key.get_secret_value())
-    credentials.reset()
-    from ..demo import provision_on_fake
+    connection.reset()
+    from ..fake.operator import provision_on_fake
 
-    states = provision_on_fake(fake, credentials.shared_client(), credentials.current_settings())
+    states = provision_on_fake(fake, connection.shared_client(), connection.current_settings())
     inbound = fake.deliver_inbound(
         to=_replies_address(states), sender="cy@example.com", subject="Hi", markdown="Hello"
     )
     report = answer_inbound(inbound)  # no operator running: nobody could approve
     assert report.outcome == "sent"
     assert report.approved_by is None
-    credentials.reset()
+    connection.reset()
 
 
 @pytest.mark.parametrize("persist", [False, True], ids=["default", "results-persisted"])
@@ -163,8 +165,8 @@ def test_a_reply_is_drafted_once_per_inbound_email(
         drafted.append(email.id)
         return f"Answer to {email.subject}"
 
-    monkeypatch.setattr(flows, "draft_reply", counting_draft)
-    audience = credentials.current_settings().replies.audience
+    monkeypatch.setattr(answer_module, "draft_reply", counting_draft)
+    audience = connection.current_settings().replies.audience
     inbound = fake.deliver_inbound(
         to=_replies_address(mail_env), sender="ada@example.com", subject="Q1", markdown="?"
     )

@@ -12,28 +12,22 @@ from uuid import UUID
 import pytest
 from prefect.client.orchestration import PrefectClient
 
-from .. import credentials
-from ..answer_runs import ANSWER_INBOUND_FLOW
-from ..client import MultiMailClient
 from ..fake import FakeMultiMail, sign
-from ..inbound import RUN_TAGS, run_key
-from ..provision import MailboxState
+from ..inbound.answer_run import ANSWER_INBOUND_FLOW
+from ..inbound.starter import RUN_TAGS, run_key
+from ..mail import connection
+from ..multimail.client import MultiMailClient
+from ..multimail.provision import MailboxState
 from ..settings import OversightMode
-from .inbound_support import (
-    Receiver,
-    answer_deployment,
-    receiver,
-    runs_answering,
-    runs_for,
-)
+from .inbound_support import Receiver, answer_deployment, receiver, runs_answering, runs_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+pytestmark = pytest.mark.slow
 __all__ = ["answer_deployment", "receiver"]
 
 
 def _answering(states: list[MailboxState]) -> list[MailboxState]:
     """The audiences whose mailboxes answer mail (read-only ones cannot)."""
-    settings = credentials.current_settings()
+    settings = connection.current_settings()
     return [
         s for s in states if settings.audience(s.audience).oversight_mode != OversightMode.READ_ONLY
     ]
@@ -68,7 +62,7 @@ def test_each_audience_mailbox_starts_one_run_with_ids_only(
     deliveries = receiver.wait_delivered(len(sent))
     assert [d["status"] for d in deliveries] == ["delivered"] * len(sent)
     assert {d["response_status"] for d in deliveries} == {202}
-    key = credentials.current_settings().api_key
+    key = connection.current_settings().api_key
     assert key is not None
     for audience, email_id in sent.items():
         (run,) = runs_for(answer_deployment, email_id)

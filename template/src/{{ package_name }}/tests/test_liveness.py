@@ -21,16 +21,18 @@ from prefect.flow_engine import run_flow
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Crashed, Pending, Running, Suspended
 
-from .. import credentials, reconcile
-from ..approvals import pause_key, resume_settled_waits, resume_waiting_run
-from ..client import MultiMailClient
 from ..fake import FakeMultiMail
-from ..flows import ReplyReport, answer_inbound, expire_approval_waits
-from ..inbound import start_answer
-from ..local_deployments import served_deployments
+from ..flows import reconcile_inbound as reconcile_module
+from ..flows.answer_inbound import ReplyReport, answer_inbound
+from ..flows.expire_approval_waits import expire_approval_waits
+from ..flows.reconcile_inbound import reconcile_inbound
+from ..inbound.starter import start_answer
+from ..mail import connection
+from ..multimail.client import MultiMailClient
+from ..multimail.provision import MailboxState
 from ..namespace import ANSWER_INBOUND, deployment_name
-from ..provision import MailboxState
-from ..reconcile import reconcile_inbound
+from ..ops.serve import served_deployments
+from ..oversight.approvals import pause_key, resume_settled_waits, resume_waiting_run
 from .inbound_support import DEPLOYMENT, answer_deployment
 from .test_suspend import (
     _deliver,
@@ -46,7 +48,7 @@ from .test_suspend import (
 #: `serve`'s answer-inbound deployment, which these tests register and serve.
 SERVED_ANSWER = deployment_name(ANSWER_INBOUND, served=True)
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("gated_audience", "prefect_server")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("gated_audience")]
 __all__ = ["answer_deployment", "receiver", "served_flows"]
 
 
@@ -67,7 +69,7 @@ def _keyed_run(email_id: str, deployment: str = DEPLOYMENT) -> FlowRun:
 
     async def start() -> FlowRun:
         async with get_client() as prefect:
-            audience = credentials.current_settings().replies.audience
+            audience = connection.current_settings().replies.audience
             return await start_answer(prefect, email_id, audience, deployment=deployment)
 
     return asyncio.run(start())
@@ -180,10 +182,10 @@ def test_a_decision_no_webhook_delivered_continues_the_run_at_the_next_sweep(
 
     # The sweep flow as deployed: the key from its Secret block, not the environment.
     Secret(value=os.environ["MULTIMAIL_API_KEY"]).save(
-        credentials.current_settings().api_key_block, overwrite=True
+        connection.current_settings().api_key_block, overwrite=True
     )
     monkeypatch.delenv("MULTIMAIL_API_KEY")
-    credentials.reset()
+    connection.reset()
     assert asyncio.run(expire_approval_waits()) == [str(run_id)]
 
     finished = _wait_for_state(run_id, final=True)
@@ -241,7 +243,7 @@ def test_reconcile_runs_each_dead_run_again_and_each_email_is_answered_once(
 
     # Within its bounds a Pending or Running run may be slow, not dead: left alone.
     monkeypatch.setenv("MULTIMAIL_STUCK_RUN_SECONDS", "3600")
-    credentials.reset()
+    connection.reset()
     assert reconcile_pass() == expected
     assert [_state(run.id).name for run in dead.values()] == [
         "AwaitingRetry",  # the crashed one: the same run, scheduled again
@@ -250,8 +252,8 @@ def test_reconcile_runs_each_dead_run_again_and_each_email_is_answered_once(
     ]
     # Past them (shrunk here from minutes): dead, and scheduled again too.
     monkeypatch.setenv("MULTIMAIL_STUCK_RUN_SECONDS", "0")
-    monkeypatch.setattr(reconcile, "MISSED_HEARTBEATS", 0)
-    credentials.reset()
+    monkeypatch.setattr(reconcile_module, "MISSED_HEARTBEATS", 0)
+    connection.reset()
     assert reconcile_pass() == expected
     assert [_state(run.id).name for run in dead.values()] == ["AwaitingRetry"] * 3
 

@@ -10,9 +10,9 @@ import yaml  # type: ignore[import-untyped]  # PyYAML comes with Prefect, withou
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from typer.testing import CliRunner
 
-from .. import cli
-from ..local_deployments import prefect_yaml, served_deployments, to_schedule
 from ..namespace import PROJECT_TAG, SERVED_DEPLOYMENT_NAME, flow_name
+from ..ops import cli
+from ..ops.serve import prefect_yaml, served_deployments, to_schedule
 
 
 def deployed() -> list[dict[str, Any]]:

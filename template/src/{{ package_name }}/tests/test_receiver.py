@@ -13,11 +13,11 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from ..approvals import ResumeOutcome, waiter_tag
-from ..client import MultiMailClient
 from ..fake import sign
-from ..receiver import SIGNATURE_HEADER, TagReader, create_receiver
-from ..serving import BackgroundServer
+from ..fake.background import BackgroundServer
+from ..inbound.receiver import SIGNATURE_HEADER, TagReader, create_receiver
+from ..multimail.client import MultiMailClient
+from ..oversight.approvals import ResumeOutcome, waiter_tag
 
 SECRET = "whsec_" + "5e" * 16
 RUN_ID = "5b0f1a8e-0000-4000-8000-000000000001"

@@ -33,13 +33,13 @@ from prefect.settings import PREFECT_API_URL
 from prefect.states import Suspended
 from pydantic import SecretStr
 
-from ..approvals import pause_key, waiter_tag
-from ..client import MultiMailClient
 from ..fake import FakeMultiMail, sign
-from ..provision import MailboxState
-from ..receiver import SIGNATURE_HEADER
+from ..inbound.receiver import SIGNATURE_HEADER
+from ..multimail.client import MultiMailClient
+from ..multimail.provision import MailboxState
+from ..oversight.approvals import pause_key, waiter_tag
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+pytestmark = pytest.mark.slow
 
 SIGNING_SECRET = "whsec_" + "0c" * 16
 
@@ -129,7 +129,7 @@ def _receiver_serve(cwd: Path, env: dict[str, str]) -> Iterator[tuple[str, Path]
     log = cwd / "receiver.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", f"{package}.cli", "receiver", "serve", "--port", str(port)],
+            [sys.executable, "-m", f"{package}", "receiver", "serve", "--port", str(port)],
             cwd=cwd,
             env=env,
             stdout=output,

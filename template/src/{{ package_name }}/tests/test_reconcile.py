@@ -15,13 +15,15 @@ from prefect.client.schemas.objects import FlowRun, State
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Pending, Running
 
-from .. import credentials, reconcile
-from ..client import MultiMailClient
 from ..fake import FakeMultiMail
-from ..flows import STATE_TAG, expire_approval_waits
-from ..inbound import run_key
-from ..provision import MailboxState
-from ..reconcile import reconcile_inbound
+from ..flows import reconcile_inbound as reconcile_module
+from ..flows.answer_inbound import STATE_TAG
+from ..flows.expire_approval_waits import expire_approval_waits
+from ..flows.reconcile_inbound import reconcile_inbound
+from ..inbound.starter import run_key
+from ..mail import connection
+from ..multimail.client import MultiMailClient
+from ..multimail.provision import MailboxState
 from ..settings import OversightMode
 from .inbound_support import (
     DEPLOYMENT,
@@ -32,12 +34,12 @@ from .inbound_support import (
     wait_until_released,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+pytestmark = pytest.mark.slow
 __all__ = ["answer_deployment", "receiver"]
 
 
 def _answering(states: list[MailboxState]) -> list[MailboxState]:
-    settings = credentials.current_settings()
+    settings = connection.current_settings()
     read_only = OversightMode.READ_ONLY
     return [s for s in states if settings.audience(s.audience).oversight_mode != read_only]
 
@@ -172,8 +174,8 @@ def test_a_scheduled_flows_run_whose_process_died_is_marked_crashed(
     _reconcile()
     assert asyncio.run(states(runs)) == ["Pending", "Running"]  # within the bound: left alone
     monkeypatch.setenv("MULTIMAIL_STUCK_RUN_SECONDS", "0")
-    monkeypatch.setattr(reconcile, "MISSED_HEARTBEATS", 0)
-    credentials.reset()
+    monkeypatch.setattr(reconcile_module, "MISSED_HEARTBEATS", 0)
+    connection.reset()
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
         _reconcile()
     assert asyncio.run(states(runs)) == ["Crashed", "Crashed"]
@@ -191,7 +193,7 @@ def test_a_run_whose_claiming_worker_is_gone_is_run_again_ahead_of_the_queue(
     waiting for `stuck_run_seconds`, and schedules the run again ahead of the mail that queued
     behind it. A run claimed by a live worker is left to it."""
     monkeypatch.setenv("MULTIMAIL_STUCK_RUN_SECONDS", "3600")  # never reached here
-    credentials.reset()
+    connection.reset()
     pool = "claims-test-pool"
     claims = {"live": "live-worker", "silent": "silent-worker", "vanished": "vanished-worker"}
     # Its own audience that answers inbound mail (a gated_all one holds it first).
@@ -213,8 +215,8 @@ def test_a_run_whose_claiming_worker_is_gone_is_run_again_ahead_of_the_queue(
                 run_id = UUID(started[mail[case]])
                 await prefect.set_flow_run_state(run_id, Pending(), force=True)
                 labels: dict[str, str | int | float | bool] = {
-                    reconcile.WORKER_LABEL: worker,
-                    reconcile.POOL_LABEL: pool,
+                    reconcile_module.WORKER_LABEL: worker,
+                    reconcile_module.POOL_LABEL: pool,
                 }
                 await prefect.update_flow_run_labels(run_id, labels)
 
@@ -224,7 +226,7 @@ def test_a_run_whose_claiming_worker_is_gone_is_run_again_ahead_of_the_queue(
 
     asyncio.run(claim())
     before = {case: asyncio.run(read(started[email])) for case, email in mail.items()}
-    time.sleep(1 + reconcile.MISSED_HEARTBEATS * 1)  # the silent worker misses its beats
+    time.sleep(1 + reconcile_module.MISSED_HEARTBEATS * 1)  # the silent worker misses its beats
     later = fake.deliver_inbound(
         to=audience.address, sender="ada@example.com", subject="Queued later", markdown="Hi"
     )
@@ -271,7 +273,7 @@ def test_a_dead_run_of_an_answered_email_is_marked_crashed_and_frees_its_slot(
 
     assert asyncio.run(force_pending_and_read()) == "Pending"
     monkeypatch.setenv("MULTIMAIL_STUCK_RUN_SECONDS", "0")  # its process is gone
-    credentials.reset()
+    connection.reset()
     assert _reconcile() == {}  # answered: nothing to start or run again
 
     async def state_name() -> str:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from .. import credentials
-from ..credentials import MissingSecretError, resolve_api_key
+from ..mail import connection
+from ..mail.connection import MissingSecretError, resolve_api_key
 from ..settings import SETTINGS_FILE, OversightMode, Settings, SettingsError, SettingsFile
 
 
@@ -92,7 +92,11 @@ def test_a_bad_variable_breaks_no_import_and_is_named_when_the_settings_are_used
 ) -> None:
     package = __name__.rsplit(".", 2)[0]
     imported = subprocess.run(
-        [sys.executable, "-c", f"import {package}.flows, {package}.approvals, {package}.tasks"],
+        [
+            sys.executable,
+            "-c",
+            f"import {package}.flows.answer_inbound, {package}.oversight, {package}.mail",
+        ],
         cwd=tmp_path,
         env={**os.environ, "MULTIMAIL_RETRIES": "many"},
         capture_output=True,
@@ -101,12 +105,12 @@ def test_a_bad_variable_breaks_no_import_and_is_named_when_the_settings_are_used
     )
     assert imported.returncode == 0, imported.stderr  # settings are read when a task runs
     monkeypatch.setenv("MULTIMAIL_RETRIES", "many")
-    credentials.reset()
+    connection.reset()
     try:
         with pytest.raises(SettingsError, match="MULTIMAIL_RETRIES"):
-            credentials.current_settings()
+            connection.current_settings()
     finally:
-        credentials.reset()
+        connection.reset()
 
 
 def test_the_owners_dot_env_never_reaches_the_tests(
@@ -117,7 +121,7 @@ def test_the_owners_dot_env_never_reaches_the_tests(
     assert Settings().api_url != "https://owner.example"
 
 
-@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.slow
 def test_reading_settings_inside_a_flow_run_asks_prefect_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -137,7 +141,7 @@ def test_reading_settings_inside_a_flow_run_asks_prefect_nothing(
 
     @flow
     def reads_settings_five_times() -> list[bool]:
-        return [credentials.in_deployed_run() for _ in range(5)]
+        return [connection.in_deployed_run() for _ in range(5)]
 
     assert reads_settings_five_times() == [False] * 5
     assert reads == []

@@ -14,10 +14,10 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from typer.testing import CliRunner
 
-from .. import credentials
-from ..blocks import LIMITED_DEPLOYMENT
-from ..cli import app
-from ..local_deployments import deployment_config
+from ..mail import connection
+from ..ops.cli import app
+from ..ops.prefect_setup import LIMITED_DEPLOYMENT
+from ..ops.serve import deployment_config
 
 # Built at run time: no key-shaped literal in the repository for secret scanners to flag.
 API_KEY = "mm_live_" + "5e7" * 8
@@ -30,9 +30,9 @@ def settings_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[py
     for name in ("MULTIMAIL_API_KEY", "MULTIMAIL_WEBHOOK_SECRET"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
-    credentials.reset()
+    connection.reset()
     yield monkeypatch
-    credentials.reset()
+    connection.reset()
 
 
 def unique_blocks(monkeypatch: pytest.MonkeyPatch, suffix: str) -> tuple[str, str]:
@@ -40,7 +40,7 @@ def unique_blocks(monkeypatch: pytest.MonkeyPatch, suffix: str) -> tuple[str, st
     names = (f"setup-test-key-{suffix}", f"setup-test-webhook-{suffix}")
     monkeypatch.setenv("MULTIMAIL_API_KEY_BLOCK", names[0])
     monkeypatch.setenv("MULTIMAIL_WEBHOOK_SECRET_BLOCK", names[1])
-    credentials.reset()
+    connection.reset()
     return names
 
 
@@ -54,14 +54,13 @@ def setup(*args: str, stdin: str | None = None) -> tuple[int, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("prefect_server")
 def test_setup_stores_both_secrets_from_the_environment_idempotently(
     settings_env: pytest.MonkeyPatch,
 ) -> None:
     key_block, webhook_block = unique_blocks(settings_env, "env")
     settings_env.setenv("MULTIMAIL_API_KEY", API_KEY)
     settings_env.setenv("MULTIMAIL_WEBHOOK_SECRET", WEBHOOK_SECRET)
-    credentials.reset()
+    connection.reset()
 
     code, output = setup()
     assert code == 0, output
@@ -75,7 +74,7 @@ def test_setup_stores_both_secrets_from_the_environment_idempotently(
     assert again.count("[unchanged]") == 2
 
     settings_env.setenv("MULTIMAIL_API_KEY", API_KEY + "-rotated")
-    credentials.reset()
+    connection.reset()
     code, rotated = setup()
     assert code == 0, rotated
     assert stored(key_block) == API_KEY + "-rotated"
@@ -86,7 +85,6 @@ def test_setup_stores_both_secrets_from_the_environment_idempotently(
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("prefect_server")
 def test_setup_asks_with_a_hidden_prompt_when_the_variables_are_unset(
     settings_env: pytest.MonkeyPatch,
 ) -> None:
@@ -108,7 +106,6 @@ def test_setup_asks_with_a_hidden_prompt_when_the_variables_are_unset(
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("prefect_server")
 def test_setup_refuses_an_empty_key_when_none_is_stored(settings_env: pytest.MonkeyPatch) -> None:
     unique_blocks(settings_env, "empty")
     code, output = setup("--no-webhook-secret", stdin="\n")
@@ -121,7 +118,7 @@ def test_setup_names_prefect_api_url_when_no_server_answers(
     settings_env: pytest.MonkeyPatch, url: str | None
 ) -> None:
     settings_env.setenv("MULTIMAIL_API_KEY", API_KEY)
-    credentials.reset()
+    connection.reset()
     updates = {PREFECT_API_URL: url} if url else {}
     restore = set() if url else {PREFECT_API_URL}
     with temporary_settings(updates=updates, restore_defaults=restore):
@@ -132,7 +129,6 @@ def test_setup_names_prefect_api_url_when_no_server_answers(
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("prefect_server")
 def test_setup_limits_the_answer_inbound_work_queue_once_the_pool_exists(
     settings_env: pytest.MonkeyPatch,
 ) -> None:
@@ -145,7 +141,7 @@ def test_setup_limits_the_answer_inbound_work_queue_once_the_pool_exists(
 
     def limit(value: int) -> tuple[int, str]:
         settings_env.setenv("MULTIMAIL_ANSWER_CONCURRENCY_LIMIT", str(value))
-        credentials.reset()
+        connection.reset()
         return setup("--no-webhook-secret")
 
     code, output = limit(3)

@@ -29,23 +29,23 @@ from prefect.states import Suspended
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from .. import credentials
-from ..approvals import resume_settled_waits, resume_waiting_run
-from ..cli import app
-from ..client import MultiMailClient
-from ..demo import Operator
 from ..fake import FakeMultiMail
-from ..models import EmailSummary
+from ..fake.background import BackgroundServer
+from ..fake.operator import Operator
+from ..inbound.receiver import create_receiver
+from ..mail import connection
+from ..multimail.client import MultiMailClient
+from ..multimail.models import EmailSummary
+from ..multimail.provision import MailboxState, subscribe_receiver
 from ..namespace import ANSWER_INBOUND, PROJECT, deployment_name
-from ..provision import MailboxState, subscribe_receiver
-from ..receiver import create_receiver
-from ..serving import BackgroundServer
+from ..ops.cli import app
+from ..oversight.approvals import resume_settled_waits, resume_waiting_run
 
 #: `serve`'s answer-inbound deployment, the one the served runner of these tests runs.
 SERVED_ANSWER = deployment_name(ANSWER_INBOUND, served=True)
 
 # Every test here replies through the test's own gated audience (before `mail_env` provisions).
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("gated_audience", "prefect_server")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("gated_audience")]
 
 
 @contextmanager
@@ -58,7 +58,7 @@ def _serve(cwd: Path, env: dict[str, str]) -> Iterator[None]:
     log = cwd / "serve.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", f"{package}.cli", "serve"],
+            [sys.executable, "-m", f"{package}", "serve"],
             cwd=cwd,
             env={
                 **env,
@@ -128,7 +128,7 @@ def _wait_for_state(run_id: UUID, *, final: bool, timeout: float = 60) -> FlowRu
 
 
 def _deliver(fake: FakeMultiMail, mail_env: list[MailboxState], subject: str) -> str:
-    audience = credentials.current_settings().replies.audience
+    audience = connection.current_settings().replies.audience
     address = next(s.address for s in mail_env if s.audience == audience)
     return fake.deliver_inbound(
         to=address, sender="ada@example.com", subject=subject, markdown="Where is it?"
@@ -153,13 +153,13 @@ def _suspended_answer(
 
 
 def _replies(client: MultiMailClient) -> list[EmailSummary]:
-    settings = credentials.current_settings()
+    settings = connection.current_settings()
     mailbox = client.mailbox_id(settings.audience(settings.replies.audience).mailbox)
     return client.list_emails(mailbox, direction="outbound").emails
 
 
 def _inbound_tags(client: MultiMailClient, inbound: str) -> dict[str, str]:
-    settings = credentials.current_settings()
+    settings = connection.current_settings()
     mailbox = client.mailbox_id(settings.audience(settings.replies.audience).mailbox)
     return client.get_tags(mailbox, inbound)
 
@@ -335,7 +335,7 @@ def test_a_deployed_run_takes_the_key_from_the_secret_block_not_a_dot_env(
     """A developer's personal key in the working directory's .env must not be what a
     deployment run on that machine uses."""
     Secret(value=app_key.get_secret_value()).save(
-        credentials.current_settings().api_key_block, overwrite=True
+        connection.current_settings().api_key_block, overwrite=True
     )
     personal = "mm_live_" + "0" * 32  # unknown to MultiMail: a 401 if it were used
     (tmp_path / ".env").write_text(f"MULTIMAIL_API_KEY={personal}\n")

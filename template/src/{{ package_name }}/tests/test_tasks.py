@@ -7,13 +7,11 @@ import pytest
 from prefect.client.schemas.objects import State
 from prefect.states import Completed, Failed
 
-from .. import credentials
-from ..client import MultiMailAPIError
-from ..credentials import MissingSecretError
 from ..fake import FakeMultiMail
-from ..provision import MailboxState
-from ..retry_policy import RetryDecision, classify, retry_delay
-from ..tasks import (
+from ..mail import connection
+from ..mail.connection import MissingSecretError
+from ..mail.retry_policy import RetryDecision, classify, retry_delay
+from ..mail.tasks import (
     cancel_email,
     check_delivery,
     check_inbox,
@@ -29,6 +27,8 @@ from ..tasks import (
     tag_email,
     wait_for_decision,
 )
+from ..multimail.client import MultiMailAPIError
+from ..multimail.provision import MailboxState
 
 
 def _api_error(status: int) -> MultiMailAPIError:
@@ -92,7 +92,7 @@ def test_message_keys_depend_on_identity_only() -> None:
 
 
 def test_internal_audience_sends_without_a_human(mail_env: list[MailboxState]) -> None:
-    settings = credentials.current_settings()
+    settings = connection.current_settings()
     audience = settings.digest.audience
     sent = send_email.fn(audience, ["team@example.com"], "Status", "all good", "digest-1")
     delivery = wait_for_decision.fn(audience, sent.id, timeout_seconds=5)
@@ -118,7 +118,7 @@ def test_a_scan_slower_than_the_scan_timeout_is_still_pending(
     mail_env: list[MailboxState], fake: FakeMultiMail
 ) -> None:
     httpx.post(f"{fake.base_url}/_fake/config", json={"scan_delay": 30}).raise_for_status()
-    audience = credentials.current_settings().digest.audience
+    audience = connection.current_settings().digest.audience
     sent = send_email.fn(audience, ["team@example.com"], "Status", "slow scan", "slow-1")
     delivery = check_delivery.fn(audience, sent.id, scan_timeout_seconds=0.3)
     assert (delivery.outcome, delivery.status) == ("pending", "pending_scan")
