@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _project import installed_project
 
 #: The generated tests whose failure would be a lost or duplicated resume.
-TESTS = ("test_suspend.py", "test_liveness.py")
+TESTS = ("oversight/test_approvals.py", "flows/test_liveness.py")
 
 
 def burn() -> None:

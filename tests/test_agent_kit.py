@@ -76,7 +76,7 @@ def test_agents_md_names_the_projects_own_command_and_audiences(render: Render) 
     assert "src/opsmail/mail/" in named
     for path in named - {
         "src/opsmail/flows/weekly_summary.py",
-        "src/opsmail/tests/test_weekly_summary.py",
+        "src/opsmail/tests/flows/test_weekly_summary.py",
     }:
         assert (project / path).exists(), path
 

@@ -60,7 +60,9 @@ def test_compose_runs_prefect_on_postgres_a_worker_and_the_receiver(
         if "build" in service:
             assert service["image"].startswith(f"{slug}:compose")
     assert (project / "Dockerfile").is_file()
-    assert ".env\n" in (project / ".dockerignore").read_text()
+    dockerignore = (project / ".dockerignore").read_text()
+    assert ".env\n" in dockerignore
+    assert "src/*/tests\n" in dockerignore  # the image ships the package without its tests
 
 
 def docker_compose() -> list[str]:

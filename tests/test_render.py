@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 import yaml
 
 from .answers import ANSWER_SETS, DEFAULT
-from .conftest import Render, run
+from .conftest import Render, run, uv
 
 # `{{ name`, `{%` + keyword: unrendered Jinja (not Python braces, not GitHub `${{ }}`).
 #: Files that keep Prefect's own Jinja beside what Copier rendered in them: a Cloud webhook
@@ -154,3 +156,64 @@ def test_default_answers_match_the_issue(render: Render) -> None:
         "customers": "gated_send",
         "internal": "autonomous",
     }
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_package_without_its_tests(
+    installed_project: Path, tmp_path: Path
+) -> None:
+    """The tests run from the checkout; what is installed elsewhere is the package alone."""
+    run([uv(), "build", "--wheel", "--quiet", "--out-dir", str(tmp_path)], cwd=installed_project)
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "my_mail_flows/mail/tasks.py" in names
+    assert "my_mail_flows/fake/pytest_plugin.py" in names
+    assert "my_mail_flows/settings.toml" in names
+    assert not [name for name in names if "/tests/" in name]
+
+
+#: The package's folders, lowest first: a module imports from its own folder or a lower one.
+#: The root modules (settings, namespace) are the lowest; `fake/` stands beside the stack and
+#: uses only the Prefect-free bottom of it; `__main__` is the command's entry point.
+LAYERS = ("", "multimail", "mail", "oversight", "inbound", "flows", "ops")
+FAKE_MAY_IMPORT = {"", "multimail", "fake"}
+
+
+def _imports(package: Path) -> list[tuple[str, str]]:
+    """Every relative import of the package (tests aside) as (module, imported module)."""
+    found = []
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package).with_suffix("").parts
+        if parts[0] == "tests":
+            continue
+        folder = list(parts[:-1])
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = folder[: len(folder) - node.level + 1]
+                found.append((".".join(parts), ".".join([*base, *filter(None, [node.module])])))
+    return found
+
+
+def _folder(module: str) -> str:
+    top = module.split(".")[0]
+    return "" if top in ("settings", "namespace", "__init__", "") else top
+
+
+def test_imports_point_down_the_package_never_up(rendered: tuple[Path, dict[str, Any]]) -> None:
+    project, answers = rendered
+    imports = _imports(project / "src" / answers["package_name"])
+    assert len(imports) > 100
+    upward = []
+    for module, imported in imports:
+        here, there = _folder(module), _folder(imported)
+        if module == "__main__":
+            assert imported == "ops.cli"
+        elif here == "fake":
+            if there not in FAKE_MAY_IMPORT:
+                upward.append(f"{module} imports {imported}")
+        elif there == "fake":
+            if here != "ops":
+                upward.append(f"{module} imports {imported}")
+        elif LAYERS.index(there) > LAYERS.index(here):
+            upward.append(f"{module} imports {imported}")
+    assert not upward

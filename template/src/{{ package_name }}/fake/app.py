@@ -1,44 +1,25 @@
-"""The FastAPI application of the fake: the `/v1/` API, the middleware and the error handlers."""
+"""The FastAPI application of the fake: the middleware, the error handlers and the routers
+(`api/` for `/v1/`, mirroring `state/`; `control.py`, the pages)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import models
+from .api import ROUTERS as API_ROUTERS
 from .approval import router as approval_router
 from .control import router as control_router
-from .deps import StateDep
 from .operator_inbox import router as operator_router
-from .state import ApiError, ApiKey, FakeState, Json, NewAttachment
-
-ERROR_SCHEMA = {
-    "type": "object",
-    "properties": {"error": {"type": "string"}},
-    "required": ["error"],
-}
-_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"description": text, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
-    for code, text in (
-        (400, "Validation error"),
-        (401, "Missing, unknown or revoked API key"),
-        (403, "Missing scope or action not allowed"),
-        (404, "Not found"),
-        (409, "Conflict"),
-        (429, "Rate limited"),
-    )
-}
+from .state import ApiError, FakeState
 
 
 class SafeJSONResponse(JSONResponse):
@@ -122,254 +103,6 @@ def _bearer(scope: Scope) -> str | None:
     return None
 
 
-# ---------------------------------------------------------------- dependencies
-
-_bearer_scheme = HTTPBearer(auto_error=False, description="`mm_live_...` API key")
-
-
-def require(*any_of: str) -> Callable[..., ApiKey]:
-    """A dependency that returns the caller's key if it holds one of `any_of` scopes."""
-
-    def dependency(
-        request: Request,
-        _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
-    ) -> ApiKey:
-        key: ApiKey | None = request.scope.get("state", {}).get("api_key")
-        if key is None:  # only reachable if the middleware was bypassed
-            raise ApiError(401, "Missing, unknown or revoked API key")
-        if not any(key.has_scope(scope) for scope in any_of):
-            names = " or ".join(f"'{scope}'" for scope in any_of)
-            raise ApiError(403, f"This API key lacks the {names} scope")
-        return key
-
-    return dependency
-
-
-Reader = Annotated[ApiKey, Depends(require("read"))]
-Sender = Annotated[ApiKey, Depends(require("send"))]
-Admin = Annotated[ApiKey, Depends(require("admin"))]
-Overseer = Annotated[ApiKey, Depends(require("oversight"))]
-OverseerRead = Annotated[ApiKey, Depends(require("oversight", "oversight_read"))]
-Cursor = Annotated[str | None, Query(max_length=64)]
-
-
-def _limit(default: int) -> Any:
-    return Query(default, ge=1, description="Values above 100 are treated as 100.")
-
-
-def _attachments(items: list[models.AttachmentBody]) -> list[NewAttachment]:
-    return [NewAttachment(a.name, a.content_base64, a.content_type) for a in items]
-
-
-# ---------------------------------------------------------------- /v1 routes
-
-api = APIRouter(prefix="/v1", responses=_ERROR_RESPONSES)
-
-
-@api.get("/mailboxes", tags=["mailboxes"])
-def list_mailboxes(state: StateDep, _key: Reader) -> Json:
-    return state.list_mailboxes()
-
-
-@api.post("/mailboxes", status_code=201, tags=["mailboxes"])
-def create_mailbox(state: StateDep, key: Admin, body: models.MailboxCreate) -> Json:
-    local = body.address_local or body.address or body.address_local_part
-    return state.create_mailbox(key, local, body.display_name, body.ai_disclosure)
-
-
-@api.get("/mailboxes/{mailbox_id}", tags=["mailboxes"])
-def get_mailbox(state: StateDep, _key: Reader, mailbox_id: str) -> Json:
-    return state.get_mailbox(mailbox_id)
-
-
-@api.patch("/mailboxes/{mailbox_id}", tags=["mailboxes"])
-def update_mailbox(
-    state: StateDep, key: Admin, mailbox_id: str, body: models.MailboxUpdate
-) -> Json:
-    return state.update_mailbox(key, mailbox_id, body.model_dump(exclude_unset=True))
-
-
-@api.delete("/mailboxes/{mailbox_id}", tags=["mailboxes"])
-def delete_mailbox(state: StateDep, key: Admin, mailbox_id: str) -> Json:
-    return state.delete_mailbox(key, mailbox_id)
-
-
-@api.post("/mailboxes/{mailbox_id}/request-upgrade", tags=["mailboxes"])
-def request_upgrade(
-    state: StateDep, key: Sender, mailbox_id: str, body: models.UpgradeRequestBody
-) -> Json:
-    return state.request_upgrade(key, mailbox_id, body.target_mode)
-
-
-@api.post("/mailboxes/{mailbox_id}/upgrade", tags=["mailboxes"])
-def upgrade(state: StateDep, key: Sender, mailbox_id: str, body: models.UpgradeBody) -> Json:
-    return state.upgrade(key, mailbox_id, body.code)
-
-
-@api.get("/mailboxes/{mailbox_id}/emails", tags=["emails"])
-def list_emails(
-    state: StateDep,
-    _key: Reader,
-    mailbox_id: str,
-    status: models.EmailStatus | None = None,
-    direction: Literal["inbound", "outbound"] | None = None,
-    since_id: Annotated[str | None, Query(max_length=64)] = None,
-    sender: Annotated[str | None, Query(max_length=254)] = None,
-    subject_contains: Annotated[str | None, Query(max_length=998)] = None,
-    limit: int = _limit(20),
-    cursor: Cursor = None,
-) -> Json:
-    return state.list_emails(
-        mailbox_id,
-        status=status,
-        direction=direction,
-        since_id=since_id,
-        sender=sender,
-        subject_contains=subject_contains,
-        limit=min(limit, 100),
-        cursor=cursor,
-    )
-
-
-@api.get("/mailboxes/{mailbox_id}/emails/{email_id}", tags=["emails"])
-def read_email(state: StateDep, _key: Reader, mailbox_id: str, email_id: str) -> Json:
-    return state.read_email(mailbox_id, email_id)
-
-
-@api.post("/mailboxes/{mailbox_id}/send", status_code=202, tags=["emails"])
-def send(
-    state: StateDep, key: Sender, mailbox_id: str, body: models.SendBody, response: Response
-) -> Json:
-    status, result = state.send(
-        key,
-        mailbox_id,
-        to=body.to,
-        subject=body.subject,
-        markdown=body.markdown,
-        cc=body.cc,
-        bcc=body.bcc,
-        attachments=_attachments(body.attachments),
-        idempotency_key=body.idempotency_key,
-        send_at=body.send_at,
-        gate_timing=body.gate_timing,
-    )
-    response.status_code = status
-    return result
-
-
-@api.post("/mailboxes/{mailbox_id}/reply/{email_id}", status_code=202, tags=["emails"])
-def reply(
-    state: StateDep,
-    key: Sender,
-    mailbox_id: str,
-    email_id: str,
-    body: models.ReplyBody,
-    response: Response,
-) -> Json:
-    status, result = state.reply(
-        key,
-        mailbox_id,
-        email_id,
-        markdown=body.markdown,
-        cc=body.cc,
-        bcc=body.bcc,
-        attachments=_attachments(body.attachments),
-        idempotency_key=body.idempotency_key,
-    )
-    response.status_code = status
-    return result
-
-
-@api.post("/mailboxes/{mailbox_id}/emails/{email_id}/cancel", tags=["emails"])
-def cancel(state: StateDep, key: Sender, mailbox_id: str, email_id: str) -> Json:
-    return state.cancel(key, mailbox_id, email_id)
-
-
-@api.get("/mailboxes/{mailbox_id}/emails/{email_id}/tags", tags=["emails"])
-def get_tags(state: StateDep, _key: Reader, mailbox_id: str, email_id: str) -> Json:
-    return state.get_tags(mailbox_id, email_id)
-
-
-@api.put("/mailboxes/{mailbox_id}/emails/{email_id}/tags", tags=["emails"])
-def set_tags(
-    state: StateDep, key: Sender, mailbox_id: str, email_id: str, body: models.TagsBody
-) -> Json:
-    return state.set_tags(key, mailbox_id, email_id, body.tags)
-
-
-@api.delete("/mailboxes/{mailbox_id}/emails/{email_id}/tags/{tag}", tags=["emails"])
-def delete_tag(state: StateDep, key: Sender, mailbox_id: str, email_id: str, tag: str) -> Json:
-    return state.delete_tag(key, mailbox_id, email_id, tag)
-
-
-@api.get("/mailboxes/{mailbox_id}/threads/{thread_id}", tags=["emails"])
-def get_thread(state: StateDep, _key: Reader, mailbox_id: str, thread_id: str) -> Json:
-    return state.thread(mailbox_id, thread_id)
-
-
-@api.get("/oversight/pending", tags=["oversight"])
-def pending(state: StateDep, _key: OverseerRead) -> Json:
-    return state.pending()
-
-
-@api.post("/oversight/decide", tags=["oversight"])
-def decide(state: StateDep, key: Overseer, body: models.DecideBody) -> Json:
-    return state.decide(key, body.email_id, body.action, body.reason)
-
-
-@api.post("/webhooks", status_code=201, tags=["webhooks"])
-def create_webhook(state: StateDep, key: Admin, body: models.WebhookCreate) -> Json:
-    return state.create_webhook(key, body.url, body.events, body.mailbox_id)
-
-
-@api.get("/webhooks", tags=["webhooks"])
-def list_webhooks(state: StateDep, _key: Admin) -> Json:
-    return state.list_webhooks()
-
-
-@api.get("/webhooks/{webhook_id}", tags=["webhooks"])
-def get_webhook(state: StateDep, _key: Admin, webhook_id: str) -> Json:
-    return state.get_webhook(webhook_id)
-
-
-@api.delete("/webhooks/{webhook_id}", tags=["webhooks"])
-def delete_webhook(state: StateDep, key: Admin, webhook_id: str) -> Json:
-    return state.delete_webhook(key, webhook_id)
-
-
-@api.get("/webhook-deliveries", tags=["webhooks"])
-def list_deliveries(
-    state: StateDep, _key: Admin, limit: int = _limit(50), cursor: Cursor = None
-) -> Json:
-    return state.list_deliveries(min(limit, 100), cursor)
-
-
-@api.get("/audit-log", tags=["account"])
-def audit_log(state: StateDep, _key: Admin, limit: int = _limit(50), cursor: Cursor = None) -> Json:
-    return state.list_audit(min(limit, 100), cursor)
-
-
-@api.get("/account", tags=["account"])
-def account(state: StateDep, _key: Reader) -> Json:
-    return state.get_account()
-
-
-@api.post("/api-keys", status_code=201, tags=["account"])
-def create_api_key(state: StateDep, _key: Admin, body: models.ApiKeyCreate) -> Json:
-    key, raw = state.create_key(body.scopes, body.name)
-    return {**key.to_json(), "api_key": raw}
-
-
-@api.get("/api-keys", tags=["account"])
-def list_api_keys(state: StateDep, _key: Admin) -> Json:
-    return state.list_keys()
-
-
-@api.delete("/api-keys/{key_id}", tags=["account"])
-def revoke_api_key(state: StateDep, key: Admin, key_id: str) -> Json:
-    return state.revoke_key(key, key_id)
-
-
 # ---------------------------------------------------------------- error handlers
 
 
@@ -411,7 +144,7 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
 def _allowed_methods(request: Request) -> list[str]:
     """Every method some route offers for this path (Starlette names only the first route's)."""
     methods: set[str] = set()
-    for router in (api, control_router, approval_router, operator_router):
+    for router in (*API_ROUTERS, control_router, approval_router, operator_router):
         for route in router.routes:
             if isinstance(route, APIRoute) and route.matches(request.scope)[0] is not Match.NONE:
                 methods |= route.methods or set()
@@ -434,7 +167,8 @@ def create_app(state: FakeState | None = None) -> FastAPI:
         default_response_class=SafeJSONResponse,
     )
     app.state.fake = state or FakeState()
-    app.include_router(api)
+    for router in API_ROUTERS:
+        app.include_router(router)
     app.include_router(control_router)
     app.include_router(approval_router)
     app.include_router(operator_router)

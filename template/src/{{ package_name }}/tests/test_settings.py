@@ -90,7 +90,7 @@ def test_missing_key_names_both_fixes() -> None:
 def test_a_bad_variable_breaks_no_import_and_is_named_when_the_settings_are_used(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    package = __name__.rsplit(".", 2)[0]
+    package = __name__.split(".")[0]
     imported = subprocess.run(
         [
             sys.executable,
