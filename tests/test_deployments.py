@@ -133,7 +133,7 @@ def test_process_deployments_record_no_path_and_read_back(
     check_common(deployed, installed_project, "prefect.yaml")
     pull = yaml.safe_load((installed_project / "prefect.yaml").read_text())["pull"]
     # An import check of the package (test_worker_import), then the step that enters the project.
-    assert pull[-1] == {f"{answers['package_name']}.deploy_steps.enter_project_directory": {}}
+    assert pull[-1] == {f"{answers['package_name']}.ops.pull_steps.enter_project_directory": {}}
     for deployment in deployed.values():
         assert deployment["pull_steps"] == pull
     assert not (installed_project / "Dockerfile.generated").exists()

@@ -486,7 +486,7 @@ def test_an_update_across_the_regrouping_loses_no_edit_of_the_owner(
     assert f"src/{PACKAGE}/client.py: moved" in str(left.value)
     assert f"src/{PACKAGE}/tests/test_flows.py: moved" in str(left.value)
     # Once the owner moved their changes and deleted the notices, a fresh copy's files remain.
-    for path in [*package.glob("*.py"), *(package / "tests").glob("*.py")]:
+    for path in package.rglob("*.py"):
         if path.read_text().startswith(('"""MOVED', "<<<<<<<")):
             path.unlink()
     check_layout()

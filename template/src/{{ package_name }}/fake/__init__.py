@@ -8,6 +8,6 @@ The fake's own controls (keys, inbound mail, faults, clock, reset, approval page
 from .app import create_app
 from .server import FakeMultiMail
 from .state import ApiError, FakeState
-from .webhooks import sign
+from .webhook_delivery import sign
 
 __all__ = ["ApiError", "FakeMultiMail", "FakeState", "create_app", "sign"]

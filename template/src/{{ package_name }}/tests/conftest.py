@@ -4,8 +4,6 @@ test server for the whole session (only for the tests that run flows).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 
 import httpx
@@ -17,7 +15,6 @@ from ..fake.operator import Operator, provision_on_fake
 from ..mail import connection
 from ..multimail.client import MultiMailClient
 from ..multimail.provision import MailboxState
-from ..settings import Settings
 
 APP_SCOPES = ["read", "send", "admin"]
 
@@ -30,27 +27,6 @@ fake = pytest_plugin.fake
 #: audiences are (they may all be autonomous or read_only). Injected by `gated_audience`.
 GATED_AUDIENCE = "pytest_gated"
 GATED_MAILBOX = "pytest-gated-approvals"
-#: Prefect settings the suite is meant to pass under either way, so they may come from outside
-#: (the template's own suite runs the suspend tests with result persistence on).
-KEPT_VARIABLES = frozenset({"PREFECT_RESULTS_PERSIST_BY_DEFAULT"})
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Keep Prefect local and quiet before anything imports it, and the tests hermetic: no
-    MULTIMAIL_* or PREFECT_* variable and no `.env` of the developer's reaches them."""
-    for name in list(os.environ):
-        if name.startswith(("MULTIMAIL_", "PREFECT_")) and name not in KEPT_VARIABLES:
-            del os.environ[name]
-    Settings.model_config["env_file"] = None
-    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-home-")
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    # Tasks called outside a flow (the fault tests) have no flow run to send logs to.
-    os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
-    # The same retry policy as in production, with delays shrunk so fault tests stay quick.
-    os.environ["MULTIMAIL_RETRY_BACKOFF_SECONDS"] = "0.01"
-
-
 @pytest.fixture
 def app_key(fake: FakeMultiMail) -> SecretStr:
     """A key with the scopes the flows use (read, send) plus admin for provisioning."""

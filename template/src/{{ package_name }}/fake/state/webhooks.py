@@ -10,7 +10,7 @@ import json
 import secrets
 from dataclasses import dataclass, field
 
-from ..webhooks import Delivery, WebhookDispatcher
+from ..webhook_delivery import Delivery, WebhookDispatcher
 from .base import ApiError, Json, iso, locked, page
 from .keys import ApiKey
 from .mailboxes import Mailboxes
