@@ -27,6 +27,8 @@ fake = pytest_plugin.fake
 #: audiences are (they may all be autonomous or read_only). Injected by `gated_audience`.
 GATED_AUDIENCE = "pytest_gated"
 GATED_MAILBOX = "pytest-gated-approvals"
+
+
 @pytest.fixture
 def app_key(fake: FakeMultiMail) -> SecretStr:
     """A key with the scopes the flows use (read, send) plus admin for provisioning."""
