@@ -110,12 +110,18 @@ def tree(root: Path) -> dict[str, bytes]:
     }
 
 
+def copy_working_template(repo: Path) -> None:
+    """This working tree's template (copier.yml, template/, hooks/) into `repo`, replacing any."""
+    shutil.copy2(REPO / "copier.yml", repo / "copier.yml")
+    for folder in ("template", "hooks"):
+        shutil.rmtree(repo / folder, ignore_errors=True)
+        shutil.copytree(REPO / folder, repo / folder, ignore=IGNORED)
+
+
 def init_template_repo(repo: Path, tag: str) -> Path:
     """Copy this working tree's template into `repo`, commit it and tag the clean commit."""
     repo.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(REPO / "copier.yml", repo / "copier.yml")
-    for folder in ("template", "hooks"):
-        shutil.copytree(REPO / folder, repo / folder, ignore=IGNORED)
+    copy_working_template(repo)
     git(repo, "init", "--quiet", "--initial-branch=main")
     commit_all(repo, "template as in the working tree")
     git(repo, "tag", tag)
@@ -406,6 +412,18 @@ WEEKLY = "weekly"
 '''
 
 
+def add_owner_draft_line(module: Path) -> None:
+    """The owner's comment in `draft_reply`, wherever the module holding it is."""
+    text = module.read_text()
+    assert '    """A first answer to `email`.' in text
+    module.write_text(
+        text.replace(
+            '    """A first answer to `email`.',
+            OWNER_DRAFT_LINE + '    """A first answer to `email`.',
+        )
+    )
+
+
 @pytest.fixture(scope="module")
 def regrouping_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The template at its last flat commit, then as in this working tree."""
@@ -423,10 +441,7 @@ def regrouping_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     git(repo, "init", "--quiet", "--initial-branch=main")
     commit_all(repo, "the flat package")
     git(repo, "tag", FLAT)
-    for folder in ("template", "hooks"):
-        shutil.rmtree(repo / folder)
-        shutil.copytree(REPO / folder, repo / folder, ignore=IGNORED)
-    shutil.copy2(REPO / "copier.yml", repo / "copier.yml")
+    copy_working_template(repo)
     commit_all(repo, "the package in folders")
     git(repo, "tag", GROUPED)
     return repo
@@ -442,13 +457,7 @@ def test_an_update_across_the_regrouping_loses_no_edit_of_the_owner(
     project = generate(regrouping_repo, tmp_path / "owner-flows", OWNER_ANSWERS, FLAT)
     package = project / "src" / PACKAGE
     flows = package / "flows.py"
-    flows.write_text(
-        flows.read_text().replace(
-            '    """A first answer to `email`.',
-            OWNER_DRAFT_LINE + '    """A first answer to `email`.',
-        )
-    )
-    assert OWNER_DRAFT_LINE in flows.read_text()
+    add_owner_draft_line(flows)
     tasks = package / "tasks.py"
     tasks.write_text(tasks.read_text() + "\n" + OWNER_TASK_LINE)
     settings = package / "settings.toml"
@@ -496,17 +505,10 @@ def test_an_update_across_the_regrouping_loses_no_edit_of_the_owner(
     assert {k for k in mine if k not in owner_only} == {k for k in theirs if k not in owner_only}
 
 
-def _owner_changes_answer_inbound(project: Path, package: str) -> Path:
-    module = project / "src" / package / "flows" / "answer_inbound.py"
-    module.write_text(
-        module.read_text().replace(
-            '    """A first answer to `email`.',
-            OWNER_DRAFT_LINE + '    """A first answer to `email`.',
-        )
-    )
+def _owner_changes_answer_inbound(project: Path, package: str) -> None:
+    add_owner_draft_line(project / "src" / package / "flows" / "answer_inbound.py")
     (project / "src" / package / "weekly.py").write_text(OWNER_MODULE)
     commit_all(project, "owner: a draft comment and an own module")
-    return module
 
 
 def test_a_package_rename_keeps_every_edit_the_way_the_upgrade_guide_says(
