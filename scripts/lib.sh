@@ -3,6 +3,11 @@
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
+# Python keeps its bytecode caches. Where PYTHONDONTWRITEBYTECODE is set (container images often
+# set it), each of the many Python processes the suite and the demo start compiles Prefect again:
+# `import prefect` takes 2.3 s instead of 1.1 s, a generated suite 27% more CPU (bench/README.md).
+unset PYTHONDONTWRITEBYTECODE
+
 ensure_uv() {
     # Use the machine's Python; never download an interpreter.
     export UV_PYTHON_DOWNLOADS=never

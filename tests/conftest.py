@@ -111,7 +111,7 @@ def fake_url(installed_project: Path) -> Iterator[str]:
 
 
 #: The longest tests, longest first (each installs and runs a generated project or a server):
-#: started first, the two xdist workers share them evenly and the quick tests fill the gaps,
+#: started first, the xdist workers share them evenly and the quick tests fill the gaps,
 #: instead of one long test running alone at the end.
 LONGEST_FIRST = (
     "test_generated.py",

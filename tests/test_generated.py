@@ -2,7 +2,8 @@
 
 The README walkthrough runs the default answers the way a new user does (plain copy, the
 closing message's steps with every pre-commit hook, pytest, demo); the matrix runs other answer
-sets' own tests and demo with an owner's `.env` in place.
+sets' own tests and demo with an owner's `.env` in place. `scripts/test --quick` runs neither:
+the generated project's quick tests stand in for them.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import yaml
 
 from .answers import MATRIX, OWNER_DOTENV, OWNER_SHELL
 from .conftest import REPO, render_template, run, uv
-
-pytestmark = pytest.mark.slow
 
 
 def _readme_walkthrough() -> list[str]:
@@ -56,6 +55,7 @@ def _owner_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_the_readme_walkthrough_works_as_written_without_trust(tmp_path: Path) -> None:
     """Plain `copier copy` (no --trust), then every step the README and Copier's closing
     message give: git, install, the pre-commit hook, a first commit through every hook, the
@@ -109,6 +109,7 @@ def test_the_readme_walkthrough_works_as_written_without_trust(tmp_path: Path) -
     assert "pre-commit" in (root / ".git" / "hooks" / "pre-commit").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("answers", MATRIX.values(), ids=MATRIX.keys())
 def test_every_answer_set_passes_its_own_tests_and_demo_despite_the_owners_dotenv(
     tmp_path: Path, answers: dict[str, object]
@@ -154,3 +155,19 @@ def test_every_answer_set_passes_its_own_tests_and_demo_despite_the_owners_doten
     demo = run([uv(), "run", "--frozen", slug, "demo"], cwd=root, env=env).stdout
     assert "Demo passed" in demo, demo[-3000:]
     assert "FAILED" not in demo
+
+
+@pytest.mark.quick_only
+def test_the_generated_quick_tests_pass(installed_project: Path) -> None:
+    """What `scripts/test --quick` runs in place of the generated suites: the default render's
+    own tests that need no Prefect server (`-m "not slow"`). The full suite deselects it: the
+    README walkthrough runs every generated test."""
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    result = run(
+        [uv(), "run", "--frozen", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow"],
+        cwd=installed_project,
+        env=env,
+    )
+    summary = result.stdout.strip().splitlines()[-1]
+    assert re.search(r"\d+ passed", summary), summary
+    assert "failed" not in summary, summary

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .answers import ANSWER_SETS, DEFAULT
+from .answers import ANSWER_SETS, DEFAULT, MATRIX
 from .conftest import Render, run, uv
 
 # `{{ name`, `{%` + keyword: unrendered Jinja (not Python braces, not GitHub `${{ }}`).
@@ -30,9 +30,14 @@ def _files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and ".git" not in p.parts]
 
 
-@pytest.fixture(params=sorted(ANSWER_SETS), ids=sorted(ANSWER_SETS))
+#: Every answer set the suite uses, the generated-suite matrix's included: each render is checked
+#: here in seconds, before (and, with `scripts/test --quick`, instead of) installing it.
+EVERY_ANSWER_SET = {**ANSWER_SETS, **MATRIX}
+
+
+@pytest.fixture(params=sorted(EVERY_ANSWER_SET), ids=sorted(EVERY_ANSWER_SET))
 def rendered(request: pytest.FixtureRequest, render: Render) -> tuple[Path, dict[str, Any]]:
-    answers = ANSWER_SETS[request.param]
+    answers = EVERY_ANSWER_SET[request.param]
     project = render(answers)
     recorded = yaml.safe_load((project / ".copier-answers.yml").read_text())
     return project, recorded
