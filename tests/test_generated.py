@@ -55,6 +55,13 @@ def _owner_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
+def assert_pytest_passed(output: str) -> None:
+    """The generated project's pytest ended with tests passed and none failed."""
+    summary = output.strip().splitlines()[-1]
+    assert re.search(r"\d+ passed", summary), summary
+    assert "failed" not in summary, summary
+
+
 @pytest.mark.slow
 def test_the_readme_walkthrough_works_as_written_without_trust(tmp_path: Path) -> None:
     """Plain `copier copy` (no --trust), then every step the README and Copier's closing
@@ -99,9 +106,7 @@ def test_the_readme_walkthrough_works_as_written_without_trust(tmp_path: Path) -
     commit = next(text for line, text in out.items() if line.startswith("git add -A"))
     for hook in ("ruff check", "ruff format", "mypy (strict)", "no MultiMail API keys"):
         assert re.search(rf"^{re.escape(hook)}.*Passed$", commit, re.MULTILINE), commit[-3000:]
-    pytest_summary = out["uv run pytest"].strip().splitlines()[-1]
-    assert re.search(r"\d+ passed", pytest_summary), pytest_summary
-    assert "failed" not in pytest_summary, pytest_summary
+    assert_pytest_passed(out["uv run pytest"])
     assert not (tmp_path / "home" / ".prefect").exists()  # nor did the tests or the hooks
     status = run(["git", "status", "--porcelain"], cwd=root)
     assert status.stdout == ""  # everything rendered is committed, uv.lock included
@@ -148,9 +153,7 @@ def test_every_answer_set_passes_its_own_tests_and_demo_despite_the_owners_doten
         env={**env, **OWNER_SHELL, **persist},
         timeout=900,
     )
-    summary = result.stdout.strip().splitlines()[-1]
-    assert re.search(r"\d+ passed", summary), summary
-    assert "failed" not in summary, summary
+    assert_pytest_passed(result.stdout)
     slug = yaml.safe_load((root / ".copier-answers.yml").read_text())["project_slug"]
     demo = run([uv(), "run", "--frozen", slug, "demo"], cwd=root, env=env).stdout
     assert "Demo passed" in demo, demo[-3000:]
@@ -168,9 +171,7 @@ def test_the_generated_quick_tests_pass(installed_project: Path) -> None:
         cwd=installed_project,
         env=env,
     )
-    summary = result.stdout.strip().splitlines()[-1]
-    assert re.search(r"\d+ passed", summary), summary
-    assert "failed" not in summary, summary
+    assert_pytest_passed(result.stdout)
 
 
 @pytest.mark.slow
