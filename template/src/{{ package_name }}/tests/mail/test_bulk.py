@@ -8,10 +8,20 @@ from __future__ import annotations
 import time
 from collections import Counter
 from typing import Any
+from uuid import UUID
 
 import httpx
 import pytest
 from prefect import flow, task, unmapped
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    TaskRunFilter,
+    TaskRunFilterState,
+    TaskRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
 from prefect.runtime import flow_run
 from pydantic import SecretStr
 
@@ -56,6 +66,24 @@ def batch(audience: str, n: int, tag: str = "news") -> list[OutgoingEmail]:
 
 def ids(outcomes: list[SendOutcome]) -> list[str]:
     return [o.result.id for o in outcomes if o.result is not None]
+
+
+def wait_until_recorded(flow_run_id: UUID | None, task_runs: int, limit: float = 300.0) -> None:
+    """Wait until the Prefect server reports `task_runs` completed task runs of the flow run."""
+    completed = TaskRunFilter(
+        state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.COMPLETED]))
+    )
+    run_filter = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    deadline = time.monotonic() + limit
+    with get_client(sync_client=True) as prefect:
+        while True:
+            recorded = prefect.read_task_runs(
+                flow_run_filter=run_filter, task_run_filter=completed, limit=task_runs
+            )
+            if len(recorded) == task_runs:
+                return
+            assert time.monotonic() < deadline, f"recorded {len(recorded)} of {task_runs}"
+            time.sleep(0.5)
 
 
 @pytest.fixture
@@ -246,11 +274,12 @@ def test_send_many_keeps_its_pace_after_a_map_in_the_same_process(
     """A `.map` of single sends leaves the process as it found it for `send_many`.
 
     Its rate is timed inside its flow, as a flow that calls it sees it, the better of two calls
-    before the map and of two after it (a Prefect server recording the map's task runs on the
-    same cores slows any one call for a moment; a slower send path slows both). A flow that
-    starts right after a few hundred task runs may first wait seconds for the local SQLite
-    Prefect server, which refuses a new flow run with 'database is locked' until it has
-    recorded them: that is Prefect's server, not the send path (bench/README.md).
+    before the map and of two after it. The calls after it start once the Prefect server reports
+    every task run of the map completed: the server records them after they end, at about six
+    times the CPU the flow spent on them, and on two cores shared with this test that backlog
+    alone took `send_many` to 0.38x (under parallel test workers), whatever the send path does.
+    What this test holds is the process: what a `.map` leaves behind in it (the 20x slowdown of
+    issue 19 was thought to be there). The server's share is measured in bench/README.md.
     """
     tags = ("first", "second", "mapped", "after", "after again")
     first, second, mapped, after, again = (batch(audience, 100, tag) for tag in tags)
@@ -278,7 +307,9 @@ def test_send_many_keeps_its_pace_after_a_map_in_the_same_process(
     def send_many_again() -> list[float]:
         return [rate(after), rate(again)]
 
-    before = send_many_then_map()
+    state = send_many_then_map(return_state=True)
+    before = state.result()
+    wait_until_recorded(state.state_details.flow_run_id, task_runs=2 + len(mapped))
     later = send_many_again()
     assert max(later) >= max(before) / 2, (
         f"send_many after a .map: {later} msg/s; before it: {before} msg/s"
