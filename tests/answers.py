@@ -93,6 +93,8 @@ FIVE_UNUSUAL_AUDIENCES: Answers = {
     "project_name": "Zoë's Five",
     "project_slug": "five-audiences",
     "package_name": "five",
+    # The drafting agent on (its tests script the model; the others draft with none).
+    "drafting_model": "anthropic:claude-sonnet-4-5",
     "audiences": [
         {"name": "a", "mailbox": "a", "oversight_mode": "monitored", "purpose": "One | letter."},
         {

@@ -120,6 +120,10 @@ BAD_ANSWERS: list[tuple[str, Any, str]] = [
     ("image_registry", "https://ghcr.io/acme", "registry host"),
     ("image_registry", "ghcr.io/acme/", "registry host"),
     ("image_registry", "ghcr.io/acme\n", "registry host"),
+    ("drafting_model", "gpt-5-mini", "<provider>:<model>"),
+    ("drafting_model", "openai: gpt-5-mini", "<provider>:<model>"),
+    ("drafting_model", "openai:gpt-5-mini\n", "<provider>:<model>"),
+    ("drafting_model", "OpenAI:gpt-5", "<provider>:<model>"),
 ]
 
 

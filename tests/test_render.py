@@ -180,7 +180,7 @@ def test_the_wheel_ships_the_package_without_its_tests(
 #: The package's folders, lowest first: a module imports from its own folder or a lower one.
 #: The root modules (settings, namespace) are the lowest; `fake/` stands beside the stack and
 #: uses only the Prefect-free bottom of it; `__main__` is the command's entry point.
-LAYERS = ("", "multimail", "mail", "oversight", "inbound", "flows", "ops")
+LAYERS = ("", "multimail", "mail", "drafting", "oversight", "inbound", "flows", "ops")
 FAKE_MAY_IMPORT = {"", "multimail", "fake"}
 
 

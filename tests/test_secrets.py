@@ -18,7 +18,7 @@ import copier
 import pytest
 import yaml
 
-from .answers import ANSWER_SETS
+from .answers import ANSWER_SETS, FIVE_UNUSUAL_AUDIENCES
 from .conftest import REPO, render_template
 from .test_update import commit_all, generate, git, init_template_repo, tree
 
@@ -34,9 +34,10 @@ class Planted:
     def __init__(self) -> None:
         self.api_key = "mm_live_" + secrets.token_hex(16)
         self.webhook_secret = "whsec_" + secrets.token_urlsafe(24)
+        self.model_key = "sk-" + secrets.token_urlsafe(24)  # a drafting model provider's
 
     def values(self) -> list[bytes]:
-        return [self.api_key.encode(), self.webhook_secret.encode()]
+        return [self.api_key.encode(), self.webhook_secret.encode(), self.model_key.encode()]
 
 
 @pytest.fixture
@@ -44,12 +45,19 @@ def planted(monkeypatch: pytest.MonkeyPatch) -> Planted:
     fake = Planted()
     monkeypatch.setenv("MULTIMAIL_API_KEY", fake.api_key)
     monkeypatch.setenv("MULTIMAIL_WEBHOOK_SECRET", fake.webhook_secret)
+    for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):
+        monkeypatch.setenv(variable, fake.model_key)
     return fake
 
 
 def extra_data(fake: Planted) -> dict[str, Any]:
     """Values a user might pass with `--data` although no question asks for them."""
-    return {"multimail_api_key": fake.api_key, "webhook_secret": fake.webhook_secret}
+    return {
+        "multimail_api_key": fake.api_key,
+        "webhook_secret": fake.webhook_secret,
+        "openai_api_key": fake.model_key,
+        "drafting_api_key": fake.model_key,
+    }
 
 
 def assert_no_secret(project: Path, fake: Planted) -> None:
@@ -64,15 +72,19 @@ def assert_no_secret(project: Path, fake: Planted) -> None:
         assert found is None, f"key material {found.group()[:12]!r}... in {path}"
 
 
-@pytest.mark.parametrize("name", sorted(ANSWER_SETS))
+#: The answer sets, and one with the drafting agent on (a model whose key is planted too).
+SECRET_SCAN_SETS = {**ANSWER_SETS, "drafting-agent-on": FIVE_UNUSUAL_AUDIENCES}
+
+
+@pytest.mark.parametrize("name", sorted(SECRET_SCAN_SETS))
 def test_a_copy_holds_no_secret(
     name: str, tmp_path: Path, planted: Planted, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    answers = {**ANSWER_SETS[name], **extra_data(planted)}
+    answers = {**SECRET_SCAN_SETS[name], **extra_data(planted)}
     project = render_template(tmp_path / "project", answers)
     assert_no_secret(project, planted)
     out, err = capfd.readouterr()
-    for value in (planted.api_key, planted.webhook_secret):
+    for value in (planted.api_key, planted.webhook_secret, planted.model_key):
         assert value not in out + err
 
 

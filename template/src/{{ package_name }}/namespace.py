@@ -80,7 +80,13 @@ def artifact_key(short: str) -> str:
 AUDIT_CURSOR_VARIABLE: Final = f"{PROJECT}-audit-export"
 #: What every pause key of this project starts with: the expiry sweep touches no other run.
 PAUSE_KEY_PREFIX: Final = f"{PROJECT}-decision-"
-#: What every cache key of the draft task starts with.
-DRAFT_KEY_PREFIX: Final = f"{PROJECT}-draft-reply-"
+#: What every cache key of the draft task starts with (since the draft became a `Draft`: a
+#: cached draft of an older version, a plain string, is not read back as one).
+DRAFT_KEY_PREFIX: Final = f"{PROJECT}-reply-draft-"
+#: The artifact on an answer-inbound run whose reply a model drafted.
+DRAFTED: Final = "reply-drafted"
+#: The tag on an inbound email whose reply a model drafted: the model's name. The fake's
+#: approval page shows it beside the reply.
+DRAFTED_BY_TAG: Final = "drafted_by"
 #: Label on every event this project emits, so an automation can match one project's events.
 EVENT_LABEL: Final = "multimail.project"

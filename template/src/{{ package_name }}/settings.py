@@ -83,6 +83,60 @@ class ReplySettings(BaseModel):
     audience: str
 
 
+#: The variable a model provider's key is read from, by the provider part of the model name;
+#: any other provider `<name>` reads `<NAME>_API_KEY` unless `[drafting] api_key_env` says.
+MODEL_KEY_VARIABLES = {
+    "anthropic": "ANTHROPIC_API_KEY",
+    "cohere": "CO_API_KEY",
+    "google-gla": "GOOGLE_API_KEY",
+    "openai": "OPENAI_API_KEY",
+}
+
+
+class DraftingSettings(BaseModel):
+    """Who drafts replies to inbound mail: the fixed draft, or a model (drafting/agent.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(
+        default="",
+        description="pydantic-ai's name of the model, e.g. openai:gpt-5-mini; empty: no model.",
+    )
+    api_key_block: str = Field(
+        default="", description="Prefect Secret block with the provider's key when deployed."
+    )
+    api_key_env: str | None = Field(
+        default=None, description="The variable with the provider's key, if not the usual one."
+    )
+    max_requests: int = Field(default=3, ge=1, description="Model requests per draft, at most.")
+    max_total_tokens: int = Field(default=20_000, ge=1, description="Tokens per draft, at most.")
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[a-z][a-z0-9-]*:[A-Za-z0-9._:/@-]+", value):
+            raise ValueError(
+                f"[drafting] model must be empty (no model: the fixed draft) or "
+                f"<provider>:<model> as pydantic-ai names it, e.g. openai:gpt-5-mini or "
+                f"anthropic:claude-sonnet-4-5 (got {value!r})"
+            )
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.model)
+
+    @property
+    def provider(self) -> str:
+        return self.model.split(":", 1)[0]
+
+    @property
+    def key_variable(self) -> str:
+        """Where the provider's key is read from: OPENAI_API_KEY for openai:..., and so on."""
+        default = f"{self.provider.upper().replace('-', '_')}_API_KEY"
+        return self.api_key_env or MODEL_KEY_VARIABLES.get(self.provider, default)
+
+
 class SettingsFile(TomlConfigSettingsSource):
     """settings.toml, refusing any secret in it with the variable to use instead."""
 
@@ -136,6 +190,7 @@ class Settings(BaseSettings):
     digest: DigestSettings
     replies: ReplySettings
     audiences: dict[str, Audience] = Field(min_length=1)
+    drafting: DraftingSettings = DraftingSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -172,6 +227,11 @@ class Settings(BaseSettings):
                     f"[{role}] audience = {name!r} is not one of the audiences in "
                     f"{SETTINGS_FILE.name}: {', '.join(sorted(self.audiences))}"
                 )
+        if self.drafting.enabled and not self.drafting.api_key_block:
+            raise ValueError(
+                f"[drafting] model = {self.drafting.model!r} needs [drafting] api_key_block: the "
+                "Prefect Secret block deployed runs read the provider's key from"
+            )
         mailboxes = [a.mailbox for a in self.audiences.values()]
         if len(set(mailboxes)) != len(mailboxes):
             raise ValueError(f"each audience needs its own mailbox; got {mailboxes}")

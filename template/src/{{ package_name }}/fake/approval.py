@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
+from ..namespace import DRAFTED_BY_TAG
 from .deps import StateDep
 from .pages import escape, markdown, page, plural, when
 from .state import ApiError, FakeState, Json
@@ -37,6 +38,18 @@ def _recipients(label: str, addresses: list[str]) -> str:
     if not addresses:
         return ""
     return f"<div><dt>{label}</dt><dd>{escape(', '.join(addresses))}</dd></div>"
+
+
+def _drafted_by(answered: Json | None) -> str:
+    """Which model drafted a reply, from the tag the answering flow leaves on the email it
+    answers; MultiMail discloses AI-written mail in every mailbox."""
+    model = (answered or {}).get("tags", {}).get(DRAFTED_BY_TAG)
+    if not model:
+        return ""
+    return (
+        f'<div class="drafted"><dt>Drafted by</dt><dd>an AI model, <code>{escape(model)}</code> '
+        "(MultiMail's AI disclosure is on for every mailbox)</dd></div>"
+    )
 
 
 def _context(answered: Json | None) -> str:
@@ -85,6 +98,7 @@ def _card(view: PendingView) -> str:
 {_recipients("To", email["to"])}
 {_recipients("Cc", email["cc"])}
 {_recipients("Bcc", view.bcc)}
+{_drafted_by(view.in_reply_to)}
 </dl>
 {_context(view.in_reply_to)}
 <div class="body md">

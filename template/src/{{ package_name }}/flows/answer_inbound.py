@@ -13,17 +13,19 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parseaddr
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import TaskRunContext
 from pydantic import BaseModel, ConfigDict
 
+from ..drafting import Draft, draft_reply
 from ..inbound.starter import ANSWER_RUN_NAME
 from ..mail.connection import current_settings
-from ..mail.events import reply_decided, reply_queued
+from ..mail.events import reply_decided, reply_drafted, reply_queued
 from ..mail.retry_policy import FLOW_RETRIES, FLOW_RETRY_DELAY_SECONDS
 from ..mail.tasks import (
     Outcome,
+    cached_mail_task,
     get_thread,
     message_key,
     own_addresses,
@@ -35,6 +37,8 @@ from ..multimail.models import Email
 from ..namespace import (
     ANSWER_INBOUND,
     DRAFT_KEY_PREFIX,
+    DRAFTED,
+    DRAFTED_BY_TAG,
     artifact_key,
     flow_name,
 )
@@ -48,7 +52,7 @@ REPLY_TAG = "reply_id"
 REASON_TAG = "skip_reason"
 #: Outcomes after which nothing about the reply can change any more.
 FINAL_OUTCOMES = frozenset(
-    {"sent", "scheduled", "rejected", "cancelled", "failed", "timed_out", "skipped"}
+    {"sent", "scheduled", "rejected", "cancelled", "failed", "timed_out", "skipped", "escalated"}
 )
 
 
@@ -61,33 +65,32 @@ class ReplyReport(BaseModel):
     reply_id: str | None
     outcome: Outcome
     approved_by: str | None = None
-    #: Why the email was not answered (`skipped`), e.g. it came from one of our own mailboxes.
+    #: Why the email was not answered (`skipped`), e.g. it came from one of our own mailboxes,
+    #: or why the drafting model handed it to a human (`escalated`).
     reason: str | None = None
-
-
-def draft_reply(email: Email) -> str:
-    """A first answer to `email`. Replace it with your agent's drafting step."""
-    return (
-        f"Hello,\n\nthank you for your message about **{email.subject or 'your request'}**. "
-        "We have received it and will get back to you with details shortly.\n\n"
-        "Kind regards"
-    )
 
 
 def _draft_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     return f"{DRAFT_KEY_PREFIX}{parameters['email'].id}"
 
 
-@task(
-    cache_key_fn=_draft_key,
-    persist_result=True,
-    cache_expiration=timedelta(days=7),
-)
-def draft(email: Email) -> str:
-    """`draft_reply` as a task cached on the inbound email's id: a rerun after a resume or a
-    retry (same email, any flow run) reuses the draft instead of drafting (and, with a model,
-    billing) again. The draft is kept in Prefect's result storage for `cache_expiration`."""
-    return draft_reply(email)
+@cached_mail_task(_draft_key, timedelta(days=7))
+def draft(audience: str, email: Email) -> Draft:
+    """The draft answer to `email` (drafting/), as a task cached on the inbound email's id: a
+    rerun after a resume or a retry (same email, any flow run) reuses it instead of drafting,
+    and with a model billing, again. A rate-limited or failing model is retried like MultiMail
+    (`retry_policy`); the draft is kept in Prefect's result storage for 7 days."""
+    earlier = get_thread(audience, email.thread_id).emails if email.thread_id else []
+    made = draft_reply(audience, email, earlier)
+    if made.model is not None:
+        usage = {
+            "requests": made.requests,
+            "input_tokens": made.input_tokens,
+            "output_tokens": made.output_tokens,
+        }
+        reason = made.escalate[:200] if made.escalate else None
+        reply_drafted(audience, email.id, made.model, usage, reason)
+    return made
 
 
 def _recorded(inbound: Email) -> ReplyReport | None:
@@ -139,6 +142,30 @@ def _skip_reason(audience: str, inbound: Email) -> str | None:
     return None
 
 
+def _report_draft(audience: str, email_id: str, drafted: Draft) -> None:
+    """When a model wrote the draft: which one, on the inbound email (the approver sees it
+    beside the reply), and what it cost, on the run (an artifact)."""
+    if drafted.model is None:
+        return
+    tag_email(audience, email_id, {DRAFTED_BY_TAG: drafted.model})
+    create_markdown_artifact(
+        key=artifact_key(DRAFTED),
+        markdown=(
+            f"Drafted by **{drafted.model}**: {drafted.requests} request(s), "
+            f"{drafted.input_tokens} tokens in, {drafted.output_tokens} out."
+            + (f" Escalated to a human: {drafted.escalate}" if drafted.escalate else "")
+        ),
+        description="The drafting model's latest draft: model, usage, escalation.",
+    )
+
+
+def _escalate(audience: str, email_id: str, reason: str) -> ReplyReport:
+    """Hand the email to a human: no reply, the reason on its tags and in the report."""
+    tag_email(audience, email_id, {STATE_TAG: "reply-escalated", REASON_TAG: reason[:200]})
+    get_run_logger().info("Escalated %s to a human: %s", email_id, reason)
+    return ReplyReport(inbound_id=email_id, reply_id=None, outcome="escalated", reason=reason)
+
+
 @flow(
     name=flow_name(ANSWER_INBOUND),
     flow_run_name=ANSWER_RUN_NAME,
@@ -156,7 +183,8 @@ def answer_inbound(
     In a gated mailbox the reply waits for a human (`wait`: poll, suspend, or auto: suspend
     when Prefect allows it); `rejected` and `cancelled` are outcomes to report, not errors to
     retry. Mail that must not be answered (not inbound, from one of this project's mailboxes,
-    or a conversation that had its share of replies today) is `skipped` with the reason.
+    or a conversation that had its share of replies today) is `skipped` with the reason; an
+    email the drafting model hands to a human is `escalated`, with its reason, and not answered.
     Never answers twice: the reply's idempotency key comes from the inbound email's id, and the
     reply and its outcome are recorded on the inbound email's tags, which a later run (a retry,
     a redelivered webhook, days later) reads instead of answering again.
@@ -176,11 +204,14 @@ def answer_inbound(
             log.info("Not answering %s: %s", email_id, reason)
             return ReplyReport(inbound_id=email_id, reply_id=None, outcome="skipped", reason=reason)
         tag_email(audience, email_id, {"workflow": "answer-inbound", STATE_TAG: "answering"})
+        if reply_markdown is None:
+            drafted = draft(audience, inbound)
+            _report_draft(audience, email_id, drafted)
+            if drafted.escalate is not None:
+                return _escalate(audience, email_id, drafted.escalate)
+            reply_markdown = drafted.markdown
         reply = reply_to_email(
-            audience,
-            email_id,
-            reply_markdown or draft(inbound),
-            idempotency_key=message_key("reply", email_id),
+            audience, email_id, reply_markdown, idempotency_key=message_key("reply", email_id)
         )
         reply_id = reply.id
         reply_queued(audience, email_id, reply_id, reply.status)

@@ -8,9 +8,11 @@ inside the task, so it is never a flow parameter, a deployment variable or a tas
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from typing import cast
 
+from dotenv import dotenv_values
 from pydantic import SecretStr
 
 from ..multimail.client import MultiMailClient, MultiMailError
@@ -63,6 +65,27 @@ def resolve_webhook_secret(settings: Settings) -> SecretStr:
         "MULTIMAIL_WEBHOOK_SECRET",
         settings.webhook_secret_block,
         "webhook signing secret",
+    )
+
+
+def model_key_from_env(settings: Settings, *, read_env_file: bool = True) -> SecretStr | None:
+    """The drafting model provider's key from its variable (`drafting.key_variable`, e.g.
+    OPENAI_API_KEY), else from `.env` (`read_env_file`), else None."""
+    variable = settings.drafting.key_variable
+    value = os.environ.get(variable)
+    if not value and read_env_file:
+        value = dotenv_values(".env").get(variable)
+    return SecretStr(value) if value else None
+
+
+def resolve_model_api_key(settings: Settings) -> SecretStr:
+    """The drafting model provider's key: its variable (locally also from `.env`), else the
+    Prefect Secret block `drafting.api_key_block`. Masked in logs like the MultiMail key."""
+    return _resolve(
+        model_key_from_env(settings, read_env_file=not in_deployed_run()),
+        settings.drafting.key_variable,
+        settings.drafting.api_key_block,
+        f"API key for the drafting model {settings.drafting.model}",
     )
 
 

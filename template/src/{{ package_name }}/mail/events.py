@@ -5,7 +5,7 @@ event emitted again (a retried or resumed flow, a re-export of the audit log) is
 Prefect's server keeps the first event with a given id and drops the others, while another
 project's event about an equal id is its own. Resources are `multimail.<kind>.<MultiMail id>`,
 labelled with the project (`multimail.project`); no event carries a body, a subject, an address
-or a key.
+or a key (a drafting model's escalation reason, its own words, is cut to 200 characters).
 """
 
 from __future__ import annotations
@@ -58,4 +58,18 @@ def reply_decided(audience: str, reply_id: str, outcome: str) -> Event | None:
         resource=resource("email", reply_id, **{"multimail.audience": audience}),
         payload={"outcome": outcome},
         id=event_id("multimail.reply.decided", reply_id, outcome),
+    )
+
+
+def reply_drafted(
+    audience: str, inbound_id: str, model: str, usage: dict[str, int], reason: str | None
+) -> Event | None:
+    """`multimail.reply.drafted`: `model` drafted the answer to `inbound_id`, or handed it to a
+    human (`reason`), using `usage` (requests, tokens). Emit it once the draft exists."""
+    return emit_event(
+        "multimail.reply.drafted",
+        resource=resource("email", inbound_id, **{"multimail.audience": audience}),
+        related=[{"prefect.resource.id": f"model.{model}", "prefect.resource.role": "model"}],
+        payload={**usage, "model": model, "escalated": reason is not None, "reason": reason},
+        id=event_id("multimail.reply.drafted", inbound_id),
     )

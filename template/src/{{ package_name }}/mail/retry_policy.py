@@ -1,4 +1,5 @@
-"""Which MultiMail failures are worth another attempt, and how long to wait before it.
+"""Which failures of MultiMail (and of a drafting model) are worth another attempt, and how
+long to wait before it.
 
 One pure function, `classify`, decides for every caller: the Prefect tasks (through
 `tasks.is_transient` and their retry delays) and anything that retries on its own, such as a
@@ -9,6 +10,7 @@ scheduler (Prefect puts the task run in `AwaitingRetry` until the delay is over)
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass
 
 import httpx
@@ -52,7 +54,38 @@ def classify(error: BaseException, *, retry_after_cap_seconds: float) -> RetryDe
         return RetryDecision(True, wait, reason=f"HTTP {error.status_code}")
     if isinstance(error, TRANSIENT_TRANSPORT_ERRORS):
         return RetryDecision(True, reason=type(error).__name__)
+    if "pydantic_ai" in sys.modules:  # only a process that drafted with a model can have one
+        decision = _classify_model_error(error, retry_after_cap_seconds)
+        if decision is not None:
+            return decision
     return RetryDecision(False, reason=f"{type(error).__name__} is not transient")
+
+
+def _classify_model_error(error: BaseException, cap_seconds: float) -> RetryDecision | None:
+    """The drafting model's failures, like MultiMail's: a rate limit (within the cap), an
+    unavailable or failing provider and a lost connection are retried; a refusal (a bad key, an
+    unknown model, an exhausted quota) is not. None: not a model error."""
+    from pydantic_ai.exceptions import (
+        ModelAPIError,
+        ModelConnectionError,
+        ModelHTTPError,
+        ModelRateLimitError,
+        ModelServerError,
+        ModelUnavailableError,
+    )
+
+    if not isinstance(error, ModelAPIError):
+        return None
+    status = error.status_code if isinstance(error, ModelHTTPError) else None
+    transient = isinstance(
+        error, ModelRateLimitError | ModelUnavailableError | ModelServerError | ModelConnectionError
+    ) or (status is not None and (status == 429 or status >= 500))
+    if not transient:
+        return RetryDecision(False, reason=f"the model refused: {type(error).__name__}")
+    wait = error.retry_after or 0.0
+    if wait > cap_seconds:
+        return RetryDecision(False, reason=f"the model's Retry-After {wait:g} s exceeds the cap")
+    return RetryDecision(True, wait, reason=f"the model: {type(error).__name__}")
 
 
 def backoff_seconds(

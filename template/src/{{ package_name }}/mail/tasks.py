@@ -20,11 +20,13 @@ import hashlib
 import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from typing import Literal, ParamSpec, SupportsIndex, TypeVar, overload
+from datetime import timedelta
+from typing import Any, Literal, ParamSpec, SupportsIndex, TypeVar, overload
 
 from prefect import Task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.context import TaskRunContext
 from pydantic import BaseModel, ConfigDict
 
 from ..multimail.client import MultiMailClient
@@ -40,9 +42,18 @@ WAITING_STATUSES = frozenset({"pending_scan", "pending_send_approval"})
 
 #: Where an outbound email ended up. `pending`: it may still be sent (scanning, or a human has
 #: yet to decide). `timed_out`: nobody decided in time and MultiMail accepted the cancel, so it
-#: will never go out. `skipped`: the flow chose not to answer (see `flows/answer_inbound.py`).
+#: will never go out. `skipped`: the flow chose not to answer, `escalated`: the drafting model
+#: handed the email to a human (see `flows/answer_inbound.py`).
 Outcome = Literal[
-    "sent", "scheduled", "rejected", "cancelled", "failed", "timed_out", "pending", "skipped"
+    "sent",
+    "scheduled",
+    "rejected",
+    "cancelled",
+    "failed",
+    "timed_out",
+    "pending",
+    "skipped",
+    "escalated",
 ]
 _OUTCOMES: dict[str, Outcome] = {
     "sent": "sent",
@@ -129,6 +140,27 @@ def mail_task(fn: Callable[P, R], task_class: type[MailTask[P, R]] = MailTask) -
         cache_policy=NO_CACHE,
         persist_result=False,
     )
+
+
+def cached_mail_task(
+    cache_key_fn: Callable[[TaskRunContext, dict[str, Any]], str], expiration: timedelta
+) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """Decorate a task with the mail tasks' retry policy whose result is kept and reused for
+    `expiration` under `cache_key_fn`'s key: for work that must happen once per email whatever
+    reruns it (drafting a reply, billed per model request), never for a status read."""
+
+    def decorate(fn: Callable[P, R]) -> Task[P, R]:
+        return MailTask(
+            fn=fn,
+            retries=_FROM_SETTINGS,
+            retry_delay_seconds=_RetryDelays(),
+            retry_condition_fn=is_transient,
+            cache_key_fn=cache_key_fn,
+            cache_expiration=expiration,
+            persist_result=True,
+        )
+
+    return decorate
 
 
 def message_key(action: str, *identity: str) -> str:

@@ -2,7 +2,8 @@
 
 1. provision one mailbox per audience (upgrades approved with the operator's emailed code);
 2. the status digest goes out through the digest audience's mailbox;
-3. a customer writes in and is answered through the replies audience: where its mode is gated,
+3. a customer writes in and is answered through the replies audience, the reply drafted by the
+   configured model or, with none, by a scripted stand-in that says so: where its mode is gated,
    the reply waits for a human, the operator approves, it is sent; otherwise it goes at once;
 4. a second customer writes in; where a human decides, the operator rejects the reply and the
    flow reports `rejected`; otherwise the reply is sent like the first;
@@ -15,10 +16,12 @@ step did not.
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
@@ -26,11 +29,21 @@ from ..fake import FakeMultiMail
 from ..fake.operator import Operator, demo_policy, provision_on_fake
 from ..mail import connection
 from ..multimail.client import MultiMailClient, MultiMailError
+from ..namespace import DRAFTED_BY_TAG
 from ..settings import OversightMode, Settings
+
+if TYPE_CHECKING:
+    from pydantic_ai.messages import ModelMessage
+    from pydantic_ai.models import Model
+    from pydantic_ai.models.function import AgentInfo
+
+    from ..flows.answer_inbound import ReplyReport
 
 APP_SCOPES = ["read", "send", "admin"]
 
 HUMAN_GATED = {OversightMode.GATED_SEND, OversightMode.GATED_ALL}
+#: The name the demo's scripted stand-in drafts under when settings.toml names no model.
+DEMO_MODEL = "demo:scripted-stand-in"
 
 
 @dataclass
@@ -119,6 +132,46 @@ def _digest(report: Report, settings: Settings) -> None:
 def _replies(report: Report, fake: FakeMultiMail, settings: Settings) -> None:
     from ..flows.answer_inbound import answer_inbound
 
+    if settings.drafting.enabled:
+        _answer_mail(report, fake, settings, answer_inbound)
+        return
+    from ..drafting.agent import drafting_with
+
+    os.environ["MULTIMAIL_DRAFTING__MODEL"] = DEMO_MODEL
+    connection.reset()
+    try:
+        with drafting_with(_demo_model()):
+            _answer_mail(report, fake, connection.current_settings(), answer_inbound)
+    finally:
+        del os.environ["MULTIMAIL_DRAFTING__MODEL"]
+        connection.reset()
+
+
+def _demo_model() -> Model:
+    """A scripted stand-in for a model: it answers the email it is sent by name and subject."""
+    from pydantic_ai.messages import ModelResponse, ToolCallPart, UserPromptPart
+    from pydantic_ai.models.function import FunctionModel
+
+    def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        asked = [p.content for m in messages for p in m.parts if isinstance(p, UserPromptPart)]
+        email = json.loads(str(asked[0]).split("\n", 1)[1])["email_to_answer"]
+        name = email["from"].split("@")[0].split(".")[0].title()
+        markdown = (
+            f"Hello {name},\n\nthank you for writing about **{email['subject']}**. We are "
+            "looking into it and will come back to you today.\n\nThe team"
+        )
+        (output,) = info.output_tools
+        return ModelResponse(parts=[ToolCallPart(output.name, {"markdown": markdown})])
+
+    return FunctionModel(respond)
+
+
+def _answer_mail(
+    report: Report,
+    fake: FakeMultiMail,
+    settings: Settings,
+    answer_inbound: Callable[[str], ReplyReport],
+) -> None:
     audience = settings.replies.audience
     mode = settings.audience(audience).oversight_mode
     address = f"{settings.audience(audience).mailbox}@"
@@ -132,6 +185,13 @@ def _replies(report: Report, fake: FakeMultiMail, settings: Settings) -> None:
         f"3. A customer writes to {to}; the reply goes through '{audience}' ({mode}): "
         + ("a human approves it first" if gated else "sent without waiting for a human")
     )
+    if settings.drafting.model == DEMO_MODEL:
+        report.echo(
+            "  (no model in settings.toml: a scripted stand-in on this machine drafts the "
+            "replies, as a model would; [drafting] model in settings.toml names a real one)"
+        )
+    else:
+        report.echo(f"  (replies drafted by {settings.drafting.model}, from settings.toml)")
     first = fake.deliver_inbound(
         to=to,
         sender="ada@example.com",
@@ -139,6 +199,11 @@ def _replies(report: Report, fake: FakeMultiMail, settings: Settings) -> None:
         markdown="Hi, my order #1042 has not arrived yet. Can you check?",
     )
     answered = answer_inbound(first)
+    drafted_by = connection.shared_client().get_email(_mailbox_id(settings), first).tags
+    report.check(
+        drafted_by.get(DRAFTED_BY_TAG) == settings.drafting.model,
+        f"the reply was drafted by {drafted_by.get(DRAFTED_BY_TAG)} (the approver sees which)",
+    )
     approver = _key_names().get(answered.approved_by or "", answered.approved_by)
     report.check(
         answered.outcome == "sent",
@@ -161,6 +226,11 @@ def _replies(report: Report, fake: FakeMultiMail, settings: Settings) -> None:
         rejected.outcome == expected,
         f"reply {rejected.reply_id} is {rejected.outcome} (expected {expected} in {mode})",
     )
+
+
+def _mailbox_id(settings: Settings) -> str:
+    mailbox = settings.audience(settings.replies.audience).mailbox
+    return connection.shared_client().mailbox_id(mailbox)
 
 
 def _key_names() -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""`setup`: store the MultiMail secrets in the Prefect Secret blocks that deployed runs read, and
-limit the answer-inbound work queue.
+"""`setup`: store the MultiMail secrets (and a drafting model's key) in the Prefect Secret
+blocks that deployed runs read, and limit the answer-inbound work queue.
 
 Each value comes from its environment variable (or the git-ignored `.env`) or, when that is
 unset, from a hidden prompt; no value is ever printed. Saving overwrites the block, so running
@@ -20,6 +20,7 @@ from typing import Literal, cast
 
 from pydantic import SecretStr
 
+from ..mail.connection import model_key_from_env
 from ..namespace import ANSWER_INBOUND
 from ..settings import Settings
 
@@ -64,6 +65,18 @@ def secret_slots(settings: Settings, *, webhook_secret: bool = True) -> list[Sec
                 settings.webhook_secret,
                 required=False,
                 hint="`provision --webhook-url` stores it when it subscribes the receiver",
+            )
+        )
+    drafting = settings.drafting
+    if drafting.enabled:
+        slots.append(
+            SecretSlot(
+                f"API key of the drafting model {drafting.model}",
+                drafting.key_variable,
+                drafting.api_key_block,
+                model_key_from_env(settings),
+                required=False,
+                hint="answer-inbound cannot draft with the model without it",
             )
         )
     return slots

@@ -10,6 +10,7 @@ import os
 import tempfile
 
 import pytest
+from pydantic_ai import models
 
 from ..settings import Settings
 
@@ -33,3 +34,7 @@ def pytest_load_initial_conftests(
     os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
     # The same retry policy as in production, with delays shrunk so fault tests stay quick.
     os.environ["MULTIMAIL_RETRY_BACKOFF_SECONDS"] = "0.01"
+    # Replies get the fixed draft unless a test brings its scripted model (tests/drafting), and
+    # a request to a real model fails the test, whatever settings.toml names.
+    os.environ["MULTIMAIL_DRAFTING__MODEL"] = ""
+    models.ALLOW_MODEL_REQUESTS = False

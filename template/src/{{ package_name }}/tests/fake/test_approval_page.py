@@ -10,6 +10,8 @@ import re
 import httpx
 import pytest
 
+from ...namespace import DRAFTED_BY_TAG
+
 HOSTILE = "<script>alert('pwned')</script>"
 
 
@@ -94,6 +96,21 @@ def test_a_reply_shows_the_message_it_answers_above_it(
     assert "&lt;script&gt;" in context[0]
     assert "<script>" not in card
     assert card.index("</details>") < card.index("Refunded.")
+
+
+def test_a_reply_a_model_drafted_says_which_model_and_one_written_by_hand_does_not(
+    control: httpx.Client, agent: httpx.Client, mailbox: str
+) -> None:
+    by_model, by_hand = (inbound(control, subject, "Where is it?") for subject in ("A", "B"))
+    tags = {"tags": {DRAFTED_BY_TAG: f"openai:gpt-5-mini{HOSTILE}"}}
+    agent.put(f"/v1/mailboxes/{mailbox}/emails/{by_model}/tags", json=tags).raise_for_status()
+    for question in (by_model, by_hand):
+        agent.post(f"/v1/mailboxes/{mailbox}/reply/{question}", json={"markdown": "On its way."})
+    drafted, written = cards(control.get("/_fake/approvals").text)
+    assert "<dt>Drafted by</dt>" in drafted
+    assert "an AI model, <code>openai:gpt-5-mini&lt;script&gt;" in drafted
+    assert "AI disclosure is on" in drafted
+    assert "Drafted by" not in written
 
 
 def test_every_field_has_a_label_and_the_reason_belongs_to_reject(

@@ -9,6 +9,7 @@ from prefect import flow
 from prefect.settings import PREFECT_RESULTS_PERSIST_BY_DEFAULT, temporary_settings
 from pydantic import SecretStr
 
+from ...drafting import Draft
 from ...fake import FakeMultiMail
 from ...fake.operator import Operator
 from ...flows import answer_inbound as answer_module
@@ -16,7 +17,7 @@ from ...flows.answer_inbound import answer_inbound, draft
 from ...mail import connection
 from ...mail.tasks import check_delivery, read_email, send_email
 from ...multimail.client import MultiMailClient
-from ...multimail.models import Email
+from ...multimail.models import Email, EmailSummary
 from ...multimail.provision import MailboxState
 
 pytestmark = pytest.mark.slow
@@ -148,9 +149,9 @@ def test_a_reply_is_drafted_once_per_inbound_email(
     asked, and billed, once per inbound email."""
     drafted: list[str] = []
 
-    def counting_draft(email: Email) -> str:
+    def counting_draft(audience: str, email: Email, earlier: list[EmailSummary]) -> Draft:
         drafted.append(email.id)
-        return f"Answer to {email.subject}"
+        return Draft(markdown=f"Answer to {email.subject}", model="scripted:model")
 
     monkeypatch.setattr(answer_module, "draft_reply", counting_draft)
     audience = connection.current_settings().replies.audience
@@ -160,7 +161,7 @@ def test_a_reply_is_drafted_once_per_inbound_email(
 
     @flow
     def draft_it() -> str:
-        return draft(read_email(audience, inbound))
+        return draft(audience, read_email(audience, inbound)).markdown
 
     assert draft_it() == draft_it() == "Answer to Q1"  # two flow runs
     assert drafted == [inbound]

@@ -1,4 +1,5 @@
-"""The API key never lands in a log line, a task result or the Prefect database."""
+"""The API keys (MultiMail's, a drafting model's) never land in a log line, a task result or
+the Prefect database."""
 
 from __future__ import annotations
 
@@ -56,6 +57,20 @@ def test_the_webhook_secret_is_masked_once_resolved(
     assert connection.resolve_webhook_secret(connection.current_settings()).get_secret_value()
     logging.getLogger("uvicorn.error").warning("bad delivery signed with %s", secret)
     assert secret not in caplog.text
+    assert MASK in caplog.text
+    connection.reset()
+
+
+def test_the_drafting_models_key_is_masked_once_resolved(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = "sk-ant-" + "12" * 20
+    monkeypatch.setenv("MULTIMAIL_DRAFTING__MODEL", "anthropic:claude-sonnet-4-5")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", key)
+    connection.reset()
+    assert connection.resolve_model_api_key(connection.current_settings()).get_secret_value()
+    logging.getLogger("httpx").warning("POST with x-api-key %s refused", key)
+    assert key not in caplog.text
     assert MASK in caplog.text
     connection.reset()
 
