@@ -14,6 +14,8 @@ fake_app = typer.Typer(no_args_is_help=True, help="The bundled fake MultiMail.")
 app.add_typer(fake_app, name="fake")
 receiver_app = typer.Typer(no_args_is_help=True, help="The MultiMail webhook receiver.")
 app.add_typer(receiver_app, name="receiver")
+drafts_app = typer.Typer(no_args_is_help=True, help="The drafting agent.")
+app.add_typer(drafts_app, name="drafts")
 
 
 @app.command()
@@ -293,6 +295,47 @@ def receiver_serve(
         origin(settings.api_key, "MULTIMAIL_API_KEY", settings.api_key_block),
     )
     uvicorn.run(app_, host=host, port=port, access_log=False, log_config=log_config)
+
+
+@drafts_app.command("eval")
+def drafts_eval(
+    audience: Annotated[
+        str | None, typer.Option(help="Whose prompt and purpose to draft with (default: replies).")
+    ] = None,
+) -> None:
+    """Draft the emails of drafting/eval_cases.json with the configured model and check each.
+
+    Calls the real model (paid; nothing is sent): run it after changing the model or a prompt.
+    Exits 1 when a draft fails a check.
+    """
+    from ..drafting.evaluate import evaluate, load_cases
+    from ..mail.connection import current_settings
+
+    settings = current_settings()
+    if not settings.drafting.enabled:
+        typer.echo(
+            "No model to evaluate: set [drafting] model in settings.toml (e.g. "
+            '"openai:gpt-5-mini") and its key (e.g. OPENAI_API_KEY).',
+            err=True,
+        )
+        raise typer.Exit(2)
+    audience = audience or settings.replies.audience
+    verdicts = evaluate(settings, audience, load_cases())
+    for verdict in verdicts:
+        mark = "ok" if not verdict.failures else "FAILED"
+        what = f"escalated: {verdict.draft.escalate}" if verdict.draft.escalate else "replied"
+        typer.echo(
+            f"[{mark}] {verdict.case}: {what}; {verdict.draft.requests} request(s), "
+            f"{verdict.draft.input_tokens + verdict.draft.output_tokens} tokens"
+        )
+        for failure in verdict.failures:
+            typer.echo(f"    {failure}")
+    failed = sum(1 for v in verdicts if v.failures)
+    typer.echo(
+        f"{len(verdicts) - failed} of {len(verdicts)} drafts by {settings.drafting.model} passed."
+    )
+    if failed:
+        raise typer.Exit(1)
 
 
 @fake_app.command("serve")

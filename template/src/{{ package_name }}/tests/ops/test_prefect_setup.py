@@ -22,6 +22,7 @@ from ...ops.serve import deployment_config
 # Built at run time: no key-shaped literal in the repository for secret scanners to flag.
 API_KEY = "mm_live_" + "5e7" * 8
 WEBHOOK_SECRET = "whsec_" + "setup" * 5
+MODEL_KEY = "sk-ant-" + "setup" * 6
 
 
 @pytest.fixture
@@ -82,6 +83,32 @@ def test_setup_stores_both_secrets_from_the_environment_idempotently(
     for text in (output, again, rotated):
         assert API_KEY not in text
         assert WEBHOOK_SECRET not in text
+
+
+@pytest.mark.slow
+def test_setup_stores_the_drafting_models_key_that_the_agent_then_reads(
+    settings_env: pytest.MonkeyPatch,
+) -> None:
+    """With a model in settings.toml, the provider's key goes to its own block; a run without
+    the variable (a worker) reads it from there."""
+    unique_blocks(settings_env, "model")
+    model_block = "setup-test-model-key"
+    settings_env.setenv("MULTIMAIL_API_KEY", API_KEY)
+    settings_env.setenv("MULTIMAIL_DRAFTING__MODEL", "anthropic:claude-sonnet-4-5")
+    settings_env.setenv("MULTIMAIL_DRAFTING__API_KEY_BLOCK", model_block)
+    settings_env.setenv("ANTHROPIC_API_KEY", MODEL_KEY)
+    connection.reset()
+
+    code, output = setup(stdin="\n")  # the webhook secret skipped
+    assert code == 0, output
+    assert f"[created] Secret block {model_block!r}" in output
+    assert "from ANTHROPIC_API_KEY" in output
+    assert MODEL_KEY not in output
+    assert stored(model_block) == MODEL_KEY
+
+    settings_env.delenv("ANTHROPIC_API_KEY")
+    resolved = connection.resolve_model_api_key(connection.current_settings())
+    assert resolved.get_secret_value() == MODEL_KEY
 
 
 @pytest.mark.slow
