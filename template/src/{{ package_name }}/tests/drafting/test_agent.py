@@ -14,6 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactCollectionFilter,
+    ArtifactCollectionFilterKey,
+)
 from pydantic_ai import models
 from pydantic_ai.exceptions import ModelHTTPError
 from pydantic_ai.messages import ModelMessage, ModelResponse, ToolCallPart, UserPromptPart
@@ -21,11 +26,14 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from ...drafting.agent import DraftingError, drafting_with
 from ...fake import FakeMultiMail
+from ...flows import answer_inbound as answer_module
 from ...flows.answer_inbound import REASON_TAG, STATE_TAG, answer_inbound
 from ...mail import connection
+from ...mail.tasks import reply_to_email
 from ...multimail.client import MultiMailClient
 from ...multimail.models import EmailSummary
 from ...multimail.provision import MailboxState
+from ...namespace import DRAFTED, artifact_key
 
 DRAFTS_AUDIENCE = "pytest_drafts"
 DRAFTS_MAILBOX = "pytest-drafts"
@@ -167,6 +175,41 @@ def test_a_draft_is_made_once_when_the_flow_fails_after_it_and_runs_again(
     assert report.outcome == "sent"
     assert len(model.requests) == 1
     assert len(outbound(client)) == 1
+
+
+@pytest.mark.slow
+def test_a_whole_flow_retry_after_a_crash_reuses_the_draft(
+    drafts_audience: str,
+    mail_env: list[MailboxState],
+    fake: FakeMultiMail,
+    client: MultiMailClient,
+    script: Callable[[Answer], ScriptedModel],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The flow's own retry (as after a suspended run is resumed, it starts from the top)."""
+    model = script(polite)
+    crashes: list[str] = []
+    real_reply = reply_to_email
+
+    def crash_once(*args: Any, **kwargs: Any) -> Any:
+        if not crashes:
+            crashes.append("crashed after drafting, before the reply")
+            raise RuntimeError(crashes[0])
+        return real_reply(*args, **kwargs)
+
+    monkeypatch.setattr(answer_module, "reply_to_email", crash_once)
+    report = answer_inbound.with_options(retry_delay_seconds=0)(deliver(fake, mail_env))
+    assert crashes
+    assert report.outcome == "sent"
+    assert len(model.requests) == 1
+    assert len(outbound(client)) == 1
+    with get_client(sync_client=True) as prefect:
+        (artifact,) = prefect.read_latest_artifacts(
+            artifact_filter=ArtifactCollectionFilter(
+                key=ArtifactCollectionFilterKey(any_=[artifact_key(DRAFTED)])
+            )
+        )
+    assert f"Drafted by **{MODEL}**: 1 request(s)" in str(artifact.data)
 
 
 @pytest.mark.slow
