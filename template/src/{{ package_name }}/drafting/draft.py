@@ -5,7 +5,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from ..mail.connection import current_settings
-from ..multimail.models import Email, EmailSummary
+from ..mail.tasks import get_thread
+from ..multimail.models import Email
 
 
 class Draft(BaseModel):
@@ -34,12 +35,13 @@ def fixed_draft(email: Email) -> Draft:
     )
 
 
-def draft_reply(audience: str, email: Email, earlier: list[EmailSummary]) -> Draft:
-    """A draft answer to `email` (`earlier`: the rest of its conversation): the model's when
-    settings.toml names one (`[drafting] model`), else the fixed one."""
+def draft_reply(audience: str, email: Email) -> Draft:
+    """A draft answer to `email`: the model's when settings.toml names one (`[drafting] model`;
+    it also reads the rest of the conversation), else the fixed one."""
     settings = current_settings()
     if not settings.drafting.enabled:
         return fixed_draft(email)
     from .agent import run_agent  # imported late: pydantic-ai only where a model drafts
 
+    earlier = get_thread(audience, email.thread_id).emails if email.thread_id else []
     return run_agent(settings, audience, email, earlier)

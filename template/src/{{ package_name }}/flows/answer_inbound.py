@@ -80,8 +80,7 @@ def draft(audience: str, email: Email) -> Draft:
     rerun after a resume or a retry (same email, any flow run) reuses it instead of drafting,
     and with a model billing, again. A rate-limited or failing model is retried like MultiMail
     (`retry_policy`); the draft is kept in Prefect's result storage for 7 days."""
-    earlier = get_thread(audience, email.thread_id).emails if email.thread_id else []
-    made = draft_reply(audience, email, earlier)
+    made = draft_reply(audience, email)
     if made.model is not None:
         usage = {
             "requests": made.requests,

@@ -151,6 +151,23 @@ def test_the_model_drafts_the_reply_once_and_is_offered_no_tool(
         "Hello, we are on it."
     )
 
+    # Ada answers the reply: the model reads what came before in the conversation.
+    address = next(s.address for s in mail_env if s.audience == DRAFTS_AUDIENCE)
+    follow_up = fake.deliver_inbound(
+        to=address,
+        sender="ada@example.com",
+        subject="Re: My order",
+        markdown="Any news?",
+        in_reply_to=reply.id,
+    )
+    assert answer_inbound(follow_up).outcome == "sent"
+    sent = json.loads(model.requests[1].split("\n", 1)[1])
+    assert sent["earlier_in_the_conversation"] == [
+        {"direction": "inbound", "from": "ada@example.com", "subject": "My order"},
+        {"direction": "outbound", "from": reply.sender, "subject": reply.subject},
+    ]
+    assert sent["email_to_answer"]["body"] == "Any news?"
+
 
 @pytest.mark.slow
 def test_a_draft_is_made_once_when_the_flow_fails_after_it_and_runs_again(

@@ -17,7 +17,7 @@ from ...flows.answer_inbound import answer_inbound, draft
 from ...mail import connection
 from ...mail.tasks import check_delivery, read_email, send_email
 from ...multimail.client import MultiMailClient
-from ...multimail.models import Email, EmailSummary
+from ...multimail.models import Email
 from ...multimail.provision import MailboxState
 
 pytestmark = pytest.mark.slow
@@ -149,7 +149,7 @@ def test_a_reply_is_drafted_once_per_inbound_email(
     asked, and billed, once per inbound email."""
     drafted: list[str] = []
 
-    def counting_draft(audience: str, email: Email, earlier: list[EmailSummary]) -> Draft:
+    def counting_draft(audience: str, email: Email) -> Draft:
         drafted.append(email.id)
         return Draft(markdown=f"Answer to {email.subject}", model="scripted:model")
 
