@@ -6,10 +6,13 @@ whatever an inbound email tells it, the reply goes to its sender only, once, fro
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -19,6 +22,13 @@ from prefect.client.schemas.filters import (
     ArtifactCollectionFilter,
     ArtifactCollectionFilterKey,
 )
+from prefect.events.filters import (
+    EventFilter,
+    EventNameFilter,
+    EventOccurredFilter,
+    EventResourceFilter,
+)
+from prefect.events.schemas.events import ReceivedEvent
 from pydantic_ai import models
 from pydantic_ai.exceptions import ModelHTTPError
 from pydantic_ai.messages import ModelMessage, ModelResponse, ToolCallPart, UserPromptPart
@@ -104,6 +114,25 @@ def deliver(fake: FakeMultiMail, states: list[MailboxState], **fields: str) -> s
 
 def outbound(client: MultiMailClient) -> list[EmailSummary]:
     return list(client.iter_emails(client.mailbox_id(DRAFTS_MAILBOX), direction="outbound"))
+
+
+def drafted_events(inbound_id: str) -> list[ReceivedEvent]:
+    """The `multimail.reply.drafted` events about `inbound_id` (emitted in the background)."""
+
+    async def read() -> list[ReceivedEvent]:
+        now = datetime.now(UTC)
+        wanted = EventFilter(
+            event=EventNameFilter(name=["multimail.reply.drafted"]),
+            resource=EventResourceFilter(id=[f"multimail.email.{inbound_id}"]),
+            occurred=EventOccurredFilter(since=now - timedelta(hours=1), until=now),
+        )
+        async with get_client() as prefect:
+            return list((await prefect.read_events(filter=wanted, limit=10)).events)
+
+    deadline = time.monotonic() + 30
+    while not (events := asyncio.run(read())) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    return events
 
 
 def test_without_a_model_nothing_is_asked_of_one() -> None:
@@ -257,6 +286,11 @@ def test_an_escalation_tags_the_email_for_a_human_and_sends_nothing(
     assert answer_inbound(inbound).outcome == "escalated"  # recorded: not drafted again
     assert len(model.requests) == 1
     assert outbound(client) == []
+    (drafted,) = drafted_events(inbound)
+    assert drafted.payload["model"] == MODEL
+    assert drafted.payload["escalated"] is True
+    assert drafted.payload["reason"] == report.reason[:200]
+    assert "body" not in drafted.payload
 
 
 INJECTIONS = {
