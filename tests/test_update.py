@@ -412,16 +412,19 @@ WEEKLY = "weekly"
 '''
 
 
+#: Where the fixed draft's docstring starts: in `draft_reply` of the flat package's flows.py,
+#: and in `fixed_draft` of drafting/draft.py since the drafting agent.
+DRAFT_DOCSTRINGS = (
+    '    """A first answer to `email`.',
+    '    """The answer when no model is configured',
+)
+
+
 def add_owner_draft_line(module: Path) -> None:
-    """The owner's comment in `draft_reply`, wherever the module holding it is."""
+    """The owner's comment in the fixed draft, wherever the module holding it is."""
     text = module.read_text()
-    assert '    """A first answer to `email`.' in text
-    module.write_text(
-        text.replace(
-            '    """A first answer to `email`.',
-            OWNER_DRAFT_LINE + '    """A first answer to `email`.',
-        )
-    )
+    (anchor,) = [docstring for docstring in DRAFT_DOCSTRINGS if docstring in text]
+    module.write_text(text.replace(anchor, OWNER_DRAFT_LINE + anchor))
 
 
 @pytest.fixture(scope="module")
@@ -505,8 +508,8 @@ def test_an_update_across_the_regrouping_loses_no_edit_of_the_owner(
     assert {k for k in mine if k not in owner_only} == {k for k in theirs if k not in owner_only}
 
 
-def _owner_changes_answer_inbound(project: Path, package: str) -> None:
-    add_owner_draft_line(project / "src" / package / "flows" / "answer_inbound.py")
+def _owner_changes_the_draft(project: Path, package: str) -> None:
+    add_owner_draft_line(project / "src" / package / "drafting" / "draft.py")
     (project / "src" / package / "weekly.py").write_text(OWNER_MODULE)
     commit_all(project, "owner: a draft comment and an own module")
 
@@ -518,18 +521,16 @@ def test_a_package_rename_keeps_every_edit_the_way_the_upgrade_guide_says(
     the old folder's files); renaming with git first, as docs/upgrading.md says, keeps them."""
     new = "renamed_flows"
     direct = generate(template_repo, tmp_path / "direct", OWNER_ANSWERS, OLD)
-    _owner_changes_answer_inbound(direct, PACKAGE)
+    _owner_changes_the_draft(direct, PACKAGE)
     copier.run_update(
         direct, vcs_ref=OLD, overwrite=True, defaults=True, quiet=True, data={"package_name": new}
     )
-    assert (
-        OWNER_DRAFT_LINE not in (direct / "src" / new / "flows" / "answer_inbound.py").read_text()
-    )
+    assert OWNER_DRAFT_LINE not in (direct / "src" / new / "drafting" / "draft.py").read_text()
     assert not (direct / "src" / PACKAGE / "flows").exists()
     assert (direct / "src" / PACKAGE / "weekly.py").is_file()  # orphaned in the old folder
 
     project = generate(template_repo, tmp_path / "recipe", OWNER_ANSWERS, OLD)
-    _owner_changes_answer_inbound(project, PACKAGE)
+    _owner_changes_the_draft(project, PACKAGE)
     git(project, "mv", f"src/{PACKAGE}", f"src/{new}")
     for name in git(project, "grep", "-l", PACKAGE).split():
         path = project / name
@@ -538,9 +539,9 @@ def test_a_package_rename_keeps_every_edit_the_way_the_upgrade_guide_says(
     before = tree(project)
     copier.run_update(project, vcs_ref=OLD, overwrite=True, defaults=True, quiet=True)
     assert tree(project) == before  # nothing left to change, nothing lost
-    assert OWNER_DRAFT_LINE in (project / "src" / new / "flows" / "answer_inbound.py").read_text()
+    assert OWNER_DRAFT_LINE in (project / "src" / new / "drafting" / "draft.py").read_text()
     fresh = generate(template_repo, tmp_path / "fresh", {**OWNER_ANSWERS, "package_name": new}, OLD)
-    owner_only = {f"src/{new}/weekly.py", f"src/{new}/flows/answer_inbound.py"}
+    owner_only = {f"src/{new}/weekly.py", f"src/{new}/drafting/draft.py"}
     assert {k: v for k, v in tree(project).items() if k not in owner_only} == {
         k: v for k, v in tree(fresh).items() if k not in owner_only
     }

@@ -2,8 +2,8 @@
 
 1. provision one mailbox per audience (upgrades approved with the operator's emailed code);
 2. the status digest goes out through the digest audience's mailbox;
-3. a customer writes in and is answered through the replies audience, the reply drafted by the
-   configured model or, with none, by a scripted stand-in that says so: where its mode is gated,
+3. a customer writes in and is answered through the replies audience, the reply drafted by a
+   scripted stand-in for a model (offline, whatever settings.toml names): where its mode is gated,
    the reply waits for a human, the operator approves, it is sent; otherwise it goes at once;
 4. a second customer writes in; where a human decides, the operator rejects the reply and the
    flow reports `rejected`; otherwise the reply is sent like the first;
@@ -130,18 +130,16 @@ def _digest(report: Report, settings: Settings) -> None:
 
 
 def _replies(report: Report, fake: FakeMultiMail, settings: Settings) -> None:
+    from ..drafting.agent import drafting_with
     from ..flows.answer_inbound import answer_inbound
 
-    if settings.drafting.enabled:
-        _answer_mail(report, fake, settings, answer_inbound)
-        return
-    from ..drafting.agent import drafting_with
-
+    # Offline and free whatever settings.toml says: a real model is `drafts eval`'s business.
+    configured = settings.drafting.model
     os.environ["MULTIMAIL_DRAFTING__MODEL"] = DEMO_MODEL
     connection.reset()
     try:
         with drafting_with(_demo_model()):
-            _answer_mail(report, fake, connection.current_settings(), answer_inbound)
+            _answer_mail(report, fake, connection.current_settings(), answer_inbound, configured)
     finally:
         del os.environ["MULTIMAIL_DRAFTING__MODEL"]
         connection.reset()
@@ -171,6 +169,7 @@ def _answer_mail(
     fake: FakeMultiMail,
     settings: Settings,
     answer_inbound: Callable[[str], ReplyReport],
+    configured_model: str,
 ) -> None:
     audience = settings.replies.audience
     mode = settings.audience(audience).oversight_mode
@@ -185,13 +184,17 @@ def _answer_mail(
         f"3. A customer writes to {to}; the reply goes through '{audience}' ({mode}): "
         + ("a human approves it first" if gated else "sent without waiting for a human")
     )
-    if settings.drafting.model == DEMO_MODEL:
+    if configured_model:
+        report.echo(
+            f"  (settings.toml names {configured_model}; the demo drafts with a scripted "
+            "stand-in on this machine instead, offline and free; the `drafts eval` command "
+            "tries the real model)"
+        )
+    else:
         report.echo(
             "  (no model in settings.toml: a scripted stand-in on this machine drafts the "
             "replies, as a model would; [drafting] model in settings.toml names a real one)"
         )
-    else:
-        report.echo(f"  (replies drafted by {settings.drafting.model}, from settings.toml)")
     first = fake.deliver_inbound(
         to=to,
         sender="ada@example.com",
