@@ -44,14 +44,9 @@ def classify(error: BaseException, *, retry_after_cap_seconds: float) -> RetryDe
     if isinstance(error, MultiMailAPIError):
         if not error.retryable:
             return RetryDecision(False, reason=f"HTTP {error.status_code} is not transient")
-        wait = error.retry_after or 0.0
-        if wait > retry_after_cap_seconds:
-            return RetryDecision(
-                False,
-                reason=f"Retry-After {wait:g} s exceeds retry_after_cap_seconds "
-                f"({retry_after_cap_seconds:g} s)",
-            )
-        return RetryDecision(True, wait, reason=f"HTTP {error.status_code}")
+        return _after_waiting(
+            error.retry_after, retry_after_cap_seconds, f"HTTP {error.status_code}"
+        )
     if isinstance(error, TRANSIENT_TRANSPORT_ERRORS):
         return RetryDecision(True, reason=type(error).__name__)
     if "pydantic_ai" in sys.modules:  # only a process that drafted with a model can have one
@@ -82,10 +77,20 @@ def _classify_model_error(error: BaseException, cap_seconds: float) -> RetryDeci
     ) or (status is not None and (status == 429 or status >= 500))
     if not transient:
         return RetryDecision(False, reason=f"the model refused: {type(error).__name__}")
-    wait = error.retry_after or 0.0
+    return _after_waiting(error.retry_after, cap_seconds, f"the model: {type(error).__name__}")
+
+
+def _after_waiting(retry_after: float | None, cap_seconds: float, reason: str) -> RetryDecision:
+    """A transient failure retried after at least its Retry-After, unless that exceeds the cap
+    (a monthly quota, say: no retry within reach would succeed)."""
+    wait = retry_after or 0.0
     if wait > cap_seconds:
-        return RetryDecision(False, reason=f"the model's Retry-After {wait:g} s exceeds the cap")
-    return RetryDecision(True, wait, reason=f"the model: {type(error).__name__}")
+        return RetryDecision(
+            False,
+            reason=f"{reason}: Retry-After {wait:g} s exceeds retry_after_cap_seconds "
+            f"({cap_seconds:g} s)",
+        )
+    return RetryDecision(True, wait, reason=reason)
 
 
 def backoff_seconds(

@@ -130,16 +130,18 @@ class MailTask(Task[P, R]):
         self._retries = value
 
 
+def _retry_policy() -> dict[str, Any]:
+    """The options every mail task shares: retries, their delays and their condition."""
+    return {
+        "retries": _FROM_SETTINGS,
+        "retry_delay_seconds": _RetryDelays(),
+        "retry_condition_fn": is_transient,
+    }
+
+
 def mail_task(fn: Callable[P, R], task_class: type[MailTask[P, R]] = MailTask) -> Task[P, R]:
     """Decorate `fn` as a MultiMail task: shared retry policy, never cached, nothing persisted."""
-    return task_class(
-        fn=fn,
-        retries=_FROM_SETTINGS,
-        retry_delay_seconds=_RetryDelays(),
-        retry_condition_fn=is_transient,
-        cache_policy=NO_CACHE,
-        persist_result=False,
-    )
+    return task_class(fn=fn, cache_policy=NO_CACHE, persist_result=False, **_retry_policy())
 
 
 def cached_mail_task(
@@ -152,12 +154,10 @@ def cached_mail_task(
     def decorate(fn: Callable[P, R]) -> Task[P, R]:
         return MailTask(
             fn=fn,
-            retries=_FROM_SETTINGS,
-            retry_delay_seconds=_RetryDelays(),
-            retry_condition_fn=is_transient,
             cache_key_fn=cache_key_fn,
             cache_expiration=expiration,
             persist_result=True,
+            **_retry_policy(),
         )
 
     return decorate
