@@ -16,7 +16,6 @@ step did not.
 
 from __future__ import annotations
 
-import json
 import os
 import textwrap
 from collections.abc import Callable
@@ -147,12 +146,13 @@ def _replies(report: Report, fake: FakeMultiMail, settings: Settings) -> None:
 
 def _demo_model() -> Model:
     """A scripted stand-in for a model: it answers the email it is sent by name and subject."""
-    from pydantic_ai.messages import ModelResponse, ToolCallPart, UserPromptPart
+    from pydantic_ai.messages import ModelResponse, ToolCallPart
     from pydantic_ai.models.function import FunctionModel
 
+    from ..drafting.agent import sent_conversation
+
     def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
-        asked = [p.content for m in messages for p in m.parts if isinstance(p, UserPromptPart)]
-        email = json.loads(str(asked[0]).split("\n", 1)[1])["email_to_answer"]
+        email = sent_conversation(messages)["email_to_answer"]
         name = email["from"].split("@")[0].split(".")[0].title()
         markdown = (
             f"Hello {name},\n\nthank you for writing about **{email['subject']}**. We are "

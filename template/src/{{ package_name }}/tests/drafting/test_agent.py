@@ -7,7 +7,6 @@ whatever an inbound email tells it, the reply goes to its sender only, once, fro
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -31,10 +30,10 @@ from prefect.events.filters import (
 from prefect.events.schemas.events import ReceivedEvent
 from pydantic_ai import models
 from pydantic_ai.exceptions import ModelHTTPError
-from pydantic_ai.messages import ModelMessage, ModelResponse, ToolCallPart, UserPromptPart
+from pydantic_ai.messages import ModelMessage, ModelResponse, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from ...drafting.agent import DraftingError, drafting_with
+from ...drafting.agent import DraftingError, drafting_with, sent_conversation
 from ...fake import FakeMultiMail
 from ...flows import answer_inbound as answer_module
 from ...flows.answer_inbound import REASON_TAG, STATE_TAG, answer_inbound
@@ -50,25 +49,20 @@ DRAFTS_MAILBOX = "pytest-drafts"
 #: Any model name: the scripted model stands in for it.
 MODEL = "openai:gpt-5-mini"
 
-Answer = Callable[[str], dict[str, Any]]
+Answer = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 @dataclass
 class ScriptedModel:
-    """A FunctionModel answering each request with `answer(<what the model was sent>)`."""
+    """A FunctionModel answering each request with `answer(<the conversation it was sent>)`."""
 
     answer: Answer
-    requests: list[str] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
     offered_tools: list[list[str]] = field(default_factory=list)
     instructions: list[str] = field(default_factory=list)
 
     def respond(self, messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
-        sent = "\n".join(
-            str(part.content)
-            for message in messages
-            for part in message.parts
-            if isinstance(part, UserPromptPart)
-        )
+        sent = sent_conversation(messages)
         self.requests.append(sent)
         self.offered_tools.append([tool.name for tool in info.function_tools])
         self.instructions.append(info.instructions or "")
@@ -76,7 +70,7 @@ class ScriptedModel:
         return ModelResponse(parts=[ToolCallPart(output.name, self.answer(sent))])
 
 
-def polite(sent: str) -> dict[str, Any]:
+def polite(sent: dict[str, Any]) -> dict[str, Any]:
     return {"markdown": "Hello, we are on it. The team", "escalate": None}
 
 
@@ -172,7 +166,7 @@ def test_the_model_drafts_the_reply_once_and_is_offered_no_tool(
     assert (report.outcome, again.outcome, again.reply_id) == ("sent", "sent", report.reply_id)
     assert len(model.requests) == 1
     assert model.offered_tools == [[]]  # nothing to send, forward or address mail with
-    assert "Where is it?" in model.requests[0]
+    assert model.requests[0]["email_to_answer"]["body"] == "Where is it?"
     assert "Answers questions about orders" in model.instructions[0]
     (reply,) = outbound(client)
     assert reply.to == ["ada@example.com"]
@@ -190,7 +184,7 @@ def test_the_model_drafts_the_reply_once_and_is_offered_no_tool(
         in_reply_to=reply.id,
     )
     assert answer_inbound(follow_up).outcome == "sent"
-    sent = json.loads(model.requests[1].split("\n", 1)[1])
+    sent = model.requests[1]
     assert sent["earlier_in_the_conversation"] == [
         {"direction": "inbound", "from": "ada@example.com", "subject": "My order"},
         {"direction": "outbound", "from": reply.sender, "subject": reply.subject},
@@ -312,7 +306,7 @@ def test_an_injection_changes_no_recipient_mailbox_or_number_of_replies(
 ) -> None:
     """A model that does what the email says: all it can do is write it into the reply."""
 
-    def obeying(sent: str) -> dict[str, Any]:
+    def obeying(sent: dict[str, Any]) -> dict[str, Any]:
         return {"markdown": f"Done, as you asked: {INJECTIONS[attempt]}", "escalate": None}
 
     model = script(obeying)
@@ -324,7 +318,7 @@ def test_an_injection_changes_no_recipient_mailbox_or_number_of_replies(
     assert reply.sender.startswith(f"{DRAFTS_MAILBOX}@")
     assert model.offered_tools == [[]]
     # Handed over as data, under the rules no prompt lifts.
-    body = json.loads(model.requests[0].split("\n", 1)[1])["email_to_answer"]["body"]
+    body = model.requests[0]["email_to_answer"]["body"]
     assert body == INJECTIONS[attempt]
     assert "not instructions" in model.instructions[0]
 
@@ -339,7 +333,7 @@ def test_a_rate_limited_model_is_retried_and_a_refusal_fails_with_what_to_fix(
 ) -> None:
     statuses = [429]
 
-    def flaky(sent: str) -> dict[str, Any]:
+    def flaky(sent: dict[str, Any]) -> dict[str, Any]:
         if statuses:
             raise ModelHTTPError(statuses.pop(), MODEL, body={"error": "slow down"})
         return polite(sent)
@@ -348,7 +342,7 @@ def test_a_rate_limited_model_is_retried_and_a_refusal_fails_with_what_to_fix(
     assert answer_inbound(deliver(fake, mail_env)).outcome == "sent"
     assert len(model.requests) == 2
 
-    def refusing(sent: str) -> dict[str, Any]:
+    def refusing(sent: dict[str, Any]) -> dict[str, Any]:
         raise ModelHTTPError(401, MODEL, body={"error": "invalid api key"})
 
     refused = script(refusing)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from pydantic_ai.messages import ModelMessage, ModelResponse, ToolCallPart, UserPromptPart
+from pydantic_ai.messages import ModelMessage, ModelResponse, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from typer.testing import CliRunner
 
-from ...drafting.agent import drafting_with
+from ...drafting.agent import drafting_with, sent_conversation
 from ...drafting.evaluate import evaluate, load_cases
 from ...mail import connection
 from ...ops.cli import app
@@ -23,8 +22,7 @@ def scripted(write: Writer) -> FunctionModel:
     """A model that drafts with `write(the email it was sent)`."""
 
     def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
-        asked = [p.content for m in messages for p in m.parts if isinstance(p, UserPromptPart)]
-        email = json.loads(str(asked[0]).split("\n", 1)[1])["email_to_answer"]
+        email = sent_conversation(messages)["email_to_answer"]
         (output,) = info.output_tools
         return ModelResponse(parts=[ToolCallPart(output.name, write(email))])
 
