@@ -9,13 +9,17 @@ process and of the processes it started and waited for (renders in-process count
 started (counted from `subprocess.Popen`, so the processes those start are not counted).
 Also when each test started, on which worker, and (from the controlling process) how busy the
 machine's cores were every 5 s: the report ends with each worker's timeline and the cores' idle
-share over the run, which is what packing leaves on the table.
+share over the run, which is what packing leaves on the table. And which kinds of process used
+the CPU (every process's CPU read from /proc each second, sorted by its command line into
+Prefect servers, flow runs, `serve`, workers, the generated suites, tools): processes that
+live less than a second between two readings count only as "not seen".
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -53,16 +57,71 @@ def _cores_busy_idle() -> tuple[int, int]:
     return sum(ticks) - idle, idle
 
 
+#: What a process is, from its command line, first match wins.
+KINDS = (
+    ("Prefect server (test harness, demo, ephemeral)", r"uvicorn .*prefect\.server\.api\.server"),
+    ("Prefect server (`prefect server start`)", r"prefect server start|prefect\.cli.*server"),
+    ("flow run process", r"prefect\.engine|prefect\.flow_engine|flow_run"),
+    ("`serve` (runner)", r" -m \w+ serve\b|\bserve\b.*--"),
+    ("Prefect worker", r"worker start"),
+    ("generated suite (pytest in a project)", r"pytest-of-\S*/\.venv/bin/\S*pytest"),
+    ("template suite (pytest and its xdist workers)", r"pytest|execnet|exec\(eval\(sys\.stdin"),
+    ("mypy", r"mypy"),
+    ("ruff", r"ruff"),
+    ("pre-commit", r"pre.commit"),
+    ("uv", r"(^|/)uv(x)? "),
+    ("copier", r"copier"),
+    ("git", r"(^|/)git "),
+    ("PostgreSQL", r"postgres"),
+    ("Chromium", r"chrom"),
+    ("fake / receiver / CLI steps (other Python)", r"python"),
+)
+
+
+def _kind(command: str) -> str:
+    for name, pattern in KINDS:
+        if re.search(pattern, command):
+            return name
+    return "other"
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """CPU ticks (user + system) and command line of every process now."""
+    found: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        found[int(entry.name)] = (int(fields[11]) + int(fields[12]), command)
+    return found
+
+
 def _sample_cores() -> None:
+    seen = {pid: ticks for pid, (ticks, _) in _processes().items()}  # counted from now on
+    by_kind: dict[str, int] = {}
     with (OUT / "cores.jsonl").open("a") as out:
         before = _cores_busy_idle()
+        last_write = time.monotonic()
         while True:
-            time.sleep(5)
+            time.sleep(1)
+            for pid, (ticks, command) in _processes().items():
+                kind = _kind(command)
+                by_kind[kind] = by_kind.get(kind, 0) + ticks - seen.get(pid, 0)
+                seen[pid] = ticks
+            if time.monotonic() - last_write < 5:
+                continue
+            last_write = time.monotonic()
             now = _cores_busy_idle()
             busy, idle = now[0] - before[0], now[1] - before[1]
-            out.write(json.dumps({"at": time.time(), "busy": busy, "idle": idle}) + "\n")
+            sample = {"at": time.time(), "busy": busy, "idle": idle, "kinds": by_kind}
+            out.write(json.dumps(sample) + "\n")
             out.flush()
-            before = now
+            before, by_kind = now, {}
 
 
 def _cpu() -> tuple[float, float]:
@@ -141,7 +200,17 @@ def _cores(samples: list[dict[str, Any]]) -> None:
         chunk = samples[minute : minute + 12]
         share = sum(s["idle"] for s in chunk) / max(sum(s["busy"] + s["idle"] for s in chunk), 1)
         print(f" {100 * share:.0f}", end="")
-    print("\n")
+    print()
+    ticks = sum(s["busy"] for s in samples)
+    kinds: dict[str, int] = {}
+    for sample in samples:
+        for kind, used in sample.get("kinds", {}).items():
+            kinds[kind] = kinds.get(kind, 0) + used
+    hertz = os.sysconf("SC_CLK_TCK")
+    print(f"CPU by kind of process ({ticks / hertz:.0f} CPU s in all):")
+    for kind, used in sorted(kinds.items(), key=lambda item: -item[1]):
+        print(f"  {used / hertz:6.0f} s  {kind}")
+    print(f"  {(ticks - sum(kinds.values())) / hertz:6.0f} s  not seen (shorter than a second)\n")
 
 
 if __name__ == "__main__":

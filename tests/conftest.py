@@ -110,23 +110,50 @@ def fake_url(installed_project: Path) -> Iterator[str]:
     server.wait(timeout=10)
 
 
-#: The longest tests, longest first (each installs and runs a generated project or a server):
-#: started first, the xdist workers share them evenly and the quick tests fill the gaps,
-#: instead of one long test running alone at the end.
-LONGEST_FIRST = (
-    "test_generated.py",
-    "test_tutorial.py",
-    "test_postgres.py",
+#: The longest tests with their seconds in a three-worker run (bench/README.md, "Suite time").
+#: `scripts/test` has xdist hand out tests one at a time in collection order, each worker
+#: holding the next test it will run: these go first, longest first, each of the first ones
+#: followed by a quick test (the one its worker holds meanwhile), so no worker queues one long
+#: test behind another while the others run out of work.
+LONGEST = {
+    "test_the_readme_walkthrough_works_as_written_without_trust": 590,
+    "test_every_answer_set_passes_its_own_tests_and_demo_despite_the_owners_dotenv"
+    "[one-autonomous-audience]": 456,
+    "test_every_answer_set_passes_its_own_tests_and_demo_despite_the_owners_dotenv"
+    "[five-unusual-audiences]": 288,
+    "test_every_answer_set_passes_its_own_tests_and_demo_despite_the_owners_dotenv"
+    "[read-only-and-gated-all]": 277,
+    "test_a_brief_chaos_soak_answers_every_email_once": 245,
+    "test_the_tutorial_runs_as_written[default]": 236,
+    "test_inbound_mail_is_answered_once_per_message_on_postgres": 220,
+    "test_the_tutorial_runs_as_written[three-audiences-docker]": 175,
+}
+
+#: Then the modules of the other tests that start servers or processes, before the quick ones.
+SLOWER_MODULES = (
     "test_benchmarks.py",
+    "test_worker_import.py",
+    "test_generated.py",
     "test_approval_page.py",
-    "test_deployments.py",
+    "test_fuzz_fake.py",
     "test_agent_kit.py",
+    "test_update.py",
+    "test_deployments.py",
 )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        if item.name in LONGEST:
+            return 0, -LONGEST[item.name]
         name = item.path.name
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+        return 1, SLOWER_MODULES.index(name) if name in SLOWER_MODULES else len(SLOWER_MODULES)
 
     items.sort(key=rank)  # stable: each module keeps its own order
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    long = [item for item in items if item.name in LONGEST]
+    rest = [item for item in items if item.name not in LONGEST]
+    first = min(workers, len(long), len(rest))
+    held, rest = rest[len(rest) - first :], rest[: len(rest) - first]  # quick ones, from the end
+    paired = [item for pair in zip(long[:first], held, strict=True) for item in pair]
+    items[:] = paired + long[first:] + rest
