@@ -65,7 +65,7 @@ KINDS = (
     ("`serve` (runner)", r" -m \w+ serve\b|\bserve\b.*--"),
     ("Prefect worker", r"worker start"),
     ("generated suite (pytest in a project)", r"pytest-of-\S*/\.venv/bin/\S*pytest"),
-    ("template suite (pytest and its xdist workers)", r"pytest|execnet|exec\(eval\(sys\.stdin"),
+    ("template suite (pytest and its xdist workers)", r"exec\(eval\(sys\.stdin|bin/pytest -n"),
     ("mypy", r"mypy"),
     ("ruff", r"ruff"),
     ("pre-commit", r"pre.commit"),
@@ -74,7 +74,8 @@ KINDS = (
     ("git", r"(^|/)git "),
     ("PostgreSQL", r"postgres"),
     ("Chromium", r"chrom"),
-    ("fake / receiver / CLI steps (other Python)", r"python"),
+    ("a generated project's command (demo, CLI steps, fake serve)", r"pytest-of-|/tmp/"),
+    ("other Python", r"python"),
 )
 
 
