@@ -270,35 +270,38 @@ def test_prefect_is_handed_the_messages_whole_by_call_submit_and_map(
 
 @pytest.mark.slow
 def test_send_many_keeps_its_pace_after_a_map_in_the_same_process(
-    fake: FakeMultiMail, app_key: SecretStr, client: MultiMailClient, audience: str
+    client: MultiMailClient, audience: str
 ) -> None:
     """A `.map` of single sends leaves the process as it found it for `send_many`.
 
-    Its pace is its rate over that of 8 threads sharing one pooled `httpx.Client` (no Prefect)
-    timed just before it in the same flow, the better of two such pairs before the map and of
-    two after it: the other work on the machine (parallel test workers, the Prefect server)
-    slows both of a pair alike, where rates timed seconds apart differed twofold with nothing
-    else changed. The calls after the map start once the Prefect server reports every task run
-    of the map completed: until then the server's backlog of recording them (about six times
-    the CPU the flow spent on them) competes for the cores; bench/README.md measures it. What
-    this test holds is the process: what a `.map` leaves behind in it (the 20x slowdown of
-    issue 19 was thought to be there).
+    Its pace is its rate over that of 8 threads sharing the test's own client (one pooled
+    `httpx.Client`, no Prefect) timed just before it in the same flow, the better of two such
+    pairs before the map and of two after it: the other work on the machine (parallel test
+    workers, the Prefect server) slows both of a pair alike, where rates timed seconds apart
+    differed twofold with nothing else changed. The calls after the map start once the Prefect
+    server reports every task run of the map completed: until then the server's backlog of
+    recording them (about six times the CPU the flow spent on them) competes for the cores;
+    bench/README.md measures it. What this test holds is the process: what a `.map` leaves
+    behind in it (the 20x slowdown of issue 19 was thought to be there).
     """
     tags = ("first", "second", "mapped", "after", "after again")
     first, second, mapped, after, again = (batch(audience, 100, tag) for tag in tags)
     references = [batch(audience, 100, f"reference {n}") for n in range(4)]
     mailbox = client.mailbox_id(connection.current_settings().audience(audience).mailbox)
-    headers = {"Authorization": f"Bearer {app_key.get_secret_value()}"}
-    http = httpx.Client(base_url=f"{fake.base_url}/v1", headers=headers)
 
     def threads_rate(messages: list[OutgoingEmail]) -> float:
-        def post(message: OutgoingEmail) -> None:
-            body = message.model_dump(include={"to", "subject", "markdown", "idempotency_key"})
-            http.post(f"/mailboxes/{mailbox}/send", json=body).raise_for_status()
+        def send(m: OutgoingEmail) -> None:
+            client.send(
+                mailbox,
+                to=m.to,
+                subject=m.subject,
+                markdown=m.markdown,
+                idempotency_key=m.idempotency_key,
+            )
 
         started = time.perf_counter()
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(post, messages))
+            list(pool.map(send, messages))
         return len(messages) / (time.perf_counter() - started)
 
     def pace(messages: list[OutgoingEmail], reference: list[OutgoingEmail]) -> float:
@@ -325,11 +328,10 @@ def test_send_many_keeps_its_pace_after_a_map_in_the_same_process(
     def send_many_again() -> list[float]:
         return [pace(after, references[2]), pace(again, references[3])]
 
-    with http:
-        state = send_many_then_map(return_state=True)
-        before = state.result()
-        wait_until_recorded(state.state_details.flow_run_id, task_runs=2 + len(mapped))
-        later = send_many_again()
+    state = send_many_then_map(return_state=True)
+    before = state.result()
+    wait_until_recorded(state.state_details.flow_run_id, task_runs=2 + len(mapped))
+    later = send_many_again()
     assert max(later) >= max(before) / 2, (
         f"send_many's pace against 8 pooled threads after a .map: {later}; before it: {before}"
     )
