@@ -143,16 +143,13 @@ SLOWER_MODULES = (
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> tuple[int, int]:
-        if item.name in LONGEST:
-            return 0, -LONGEST[item.name]
+    def module_rank(item: pytest.Item) -> int:
         name = item.path.name
-        return 1, SLOWER_MODULES.index(name) if name in SLOWER_MODULES else len(SLOWER_MODULES)
+        return SLOWER_MODULES.index(name) if name in SLOWER_MODULES else len(SLOWER_MODULES)
 
-    items.sort(key=rank)  # stable: each module keeps its own order
+    long = sorted((item for item in items if item.name in LONGEST), key=lambda i: -LONGEST[i.name])
+    rest = sorted((item for item in items if item.name not in LONGEST), key=module_rank)  # stable
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    long = [item for item in items if item.name in LONGEST]
-    rest = [item for item in items if item.name not in LONGEST]
     first = min(workers, len(long), len(rest))
     held, rest = rest[len(rest) - first :], rest[: len(rest) - first]  # quick ones, from the end
     paired = [item for pair in zip(long[:first], held, strict=True) for item in pair]
