@@ -90,6 +90,8 @@ MODEL_KEY_VARIABLES = {
     "cohere": "CO_API_KEY",
     "google-gla": "GOOGLE_API_KEY",
     "openai": "OPENAI_API_KEY",
+    "openai-chat": "OPENAI_API_KEY",
+    "openai-responses": "OPENAI_API_KEY",
 }
 
 
