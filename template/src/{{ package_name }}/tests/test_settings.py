@@ -12,7 +12,14 @@ from pydantic import ValidationError
 
 from ..mail import connection
 from ..mail.connection import MissingSecretError, resolve_api_key
-from ..settings import SETTINGS_FILE, OversightMode, Settings, SettingsError, SettingsFile
+from ..settings import (
+    SETTINGS_FILE,
+    DraftingSettings,
+    OversightMode,
+    Settings,
+    SettingsError,
+    SettingsFile,
+)
 
 
 def test_rendered_settings_load_and_name_every_audience() -> None:
@@ -65,6 +72,23 @@ def test_an_approval_timeout_beyond_the_idempotency_window_is_refused(
     monkeypatch.setenv("MULTIMAIL_APPROVAL_TIMEOUT_SECONDS", str(24 * 3600))
     with pytest.raises(ValidationError, match="approval_timeout_seconds"):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("model", "variable"),
+    [
+        ("openai:gpt-5-mini", "OPENAI_API_KEY"),
+        ("openai-chat:gpt-5-mini", "OPENAI_API_KEY"),
+        ("openai-responses:gpt-5-mini", "OPENAI_API_KEY"),
+        ("anthropic:claude-sonnet-4-5", "ANTHROPIC_API_KEY"),
+        ("google-gla:gemini-2.5-flash", "GOOGLE_API_KEY"),
+        ("mistral:mistral-large-latest", "MISTRAL_API_KEY"),
+    ],
+)
+def test_the_drafting_models_key_is_read_from_its_providers_usual_variable(
+    model: str, variable: str
+) -> None:
+    assert DraftingSettings(model=model).key_variable == variable
 
 
 def test_unknown_audience_lists_the_known_ones() -> None:
