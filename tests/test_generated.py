@@ -127,8 +127,8 @@ def test_every_answer_set_passes_its_own_tests_and_demo_despite_the_owners_doten
     env = _owner_env(tmp_path)
     run([uv(), "sync", "--quiet"], cwd=root, env=env)
     # The fake's own contract tests do not depend on the answers (they make their own
-    # mailboxes); the README walkthrough runs them once, for the default answers. The suspend
-    # and liveness tests use only the gated audience they bring: they run for the
+    # mailboxes); the README walkthrough runs them once, for the default answers. The suspend,
+    # liveness and served drafting tests use only the gated audience they bring: they run for the
     # one-autonomous-audience set (no gated audience of its own, the case that once failed),
     # not again for the others.
     package = (
@@ -137,7 +137,11 @@ def test_every_answer_set_passes_its_own_tests_and_demo_despite_the_owners_doten
     tests = package / "tests"
     once = [tests / "fake"]
     if answers is not MATRIX["one-autonomous-audience"]:
-        once += [tests / "oversight" / "test_approvals.py", tests / "flows" / "test_liveness.py"]
+        once += [
+            tests / "oversight" / "test_approvals.py",
+            tests / "flows" / "test_liveness.py",
+            tests / "drafting" / "test_served.py",
+        ]
     ignored = [f"--ignore={path}" for path in once]
     # The set that runs the suspend tests runs them with result persistence on, as Prefect's
     # suspend docs advise: a cached status read would turn an approved reply into timed_out
