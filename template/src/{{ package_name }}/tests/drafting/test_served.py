@@ -61,7 +61,8 @@ def test_a_draft_is_made_once_across_processes_a_failure_a_suspension_and_the_re
     """A first run drafts and fails before its reply (here, in the test's process); the email's
     run is started again in `serve`'s process, as reconcile-inbound would: it sends for approval
     with the draft it finds and suspends (its process ends); the decision resumes it in a new
-    process, which runs the flow from the top. One model request in all."""
+    process, which runs the flow from the top. One model request in all, and the reviewer is
+    told which model drafted the reply."""
     monkeypatch.setattr(models, "ALLOW_MODEL_REQUESTS", True)  # the scripted server's only
     monkeypatch.setenv("MULTIMAIL_RETRIES", "0")  # this process only: `serve` is running
     connection.reset()
@@ -78,6 +79,8 @@ def test_a_draft_is_made_once_across_processes_a_failure_a_suspension_and_the_re
 
     _, run_id = _suspended_answer(fake, mail_env, "", inbound=inbound)
     (pending,) = operator_client.list_pending()
+    page = httpx.get(f"{fake.base_url}/_fake/approvals").text  # what the reviewer sees
+    assert f"an AI model, <code>{SCRIPTED_MODEL}</code>" in page
     operator_client.decide(pending.id, "approve")
     finished = _wait_for_state(run_id, final=True)
     assert finished.state is not None
