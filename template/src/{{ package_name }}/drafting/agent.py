@@ -23,11 +23,17 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from pydantic_ai import Agent
-from pydantic_ai.exceptions import ModelAPIError, UsageLimitExceeded
+from pydantic_ai.exceptions import (
+    ModelAPIError,
+    ModelContextWindowExceededError,
+    ModelQuotaExceededError,
+    UnexpectedModelBehavior,
+    UsageLimitExceeded,
+)
 from pydantic_ai.messages import ModelMessage, UserPromptPart
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.providers import Provider, infer_provider_class
-from pydantic_ai.usage import UsageLimits
+from pydantic_ai.usage import RunUsage, UsageLimits
 
 from ..mail.connection import resolve_model_api_key
 from ..mail.retry_policy import classify
@@ -124,7 +130,11 @@ def build_model(settings: Settings) -> Model:
 def run_agent(
     settings: Settings, audience: str, email: Email, earlier: list[EmailSummary]
 ) -> Draft:
-    """Draft an answer with the configured model; escalate when a draft's limits are reached."""
+    """Draft an answer with the configured model. The email goes to a human instead when the
+    draft's limits are reached, the email does not fit the model's context, or the model gives
+    no usable answer (it filtered its output, or twice did not fit the form): each is about
+    this email, and a retry would bill it again. A transient failure is left to the `draft`
+    task's retries; a refusal (bad key, unknown model, no quota left) fails with what to fix."""
     drafting = settings.drafting
     agent = Agent(
         build_model(settings),
@@ -136,10 +146,22 @@ def run_agent(
     limits = UsageLimits(
         request_limit=drafting.max_requests, total_tokens_limit=drafting.max_total_tokens
     )
+    usage = RunUsage()  # kept when the run stops half-way: what an escalation has cost
+
+    def escalation(reason: str) -> Draft:
+        return Draft(markdown="", escalate=reason, **_usage(drafting.model, usage))
+
     try:
-        result = agent.run_sync(conversation(email, earlier), usage_limits=limits)
+        result = agent.run_sync(conversation(email, earlier), usage_limits=limits, usage=usage)
     except UsageLimitExceeded as error:
-        return Draft(markdown="", escalate=f"drafting limit reached: {error}", model=drafting.model)
+        return escalation(f"drafting limit reached: {error}")
+    except ModelContextWindowExceededError as error:
+        return escalation(f"the email is too long for the drafting model: {error}")
+    except ModelQuotaExceededError as error:
+        raise DraftingError(
+            f"the drafting model {drafting.model} has no quota or credit left: {error}. Add "
+            "credit or raise the limit at the provider; retrying will not help"
+        ) from error
     except ModelAPIError as error:
         if classify(error, retry_after_cap_seconds=settings.retry_after_cap_seconds).retryable:
             raise  # the draft task retries it
@@ -148,14 +170,22 @@ def run_agent(
             f"name ([drafting] model in settings.toml) and its key ({drafting.key_variable}, or "
             f"the Prefect Secret block {drafting.api_key_block!r} when deployed)"
         ) from error
-    usage = result.usage
+    except UnexpectedModelBehavior as error:
+        return escalation(f"the drafting model gave no usable draft: {error}")
     output = result.output
     return Draft(
         markdown=output.markdown,
         escalate=output.escalate
         or (None if output.markdown.strip() else "the model wrote no reply"),
-        model=drafting.model,
-        requests=usage.requests,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
+        **_usage(drafting.model, result.usage),
     )
+
+
+def _usage(model: str, usage: RunUsage) -> dict[str, Any]:
+    """A draft's model and what it used, as `Draft` records them."""
+    return {
+        "model": model,
+        "requests": usage.requests,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+    }

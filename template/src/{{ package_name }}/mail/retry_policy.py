@@ -64,6 +64,7 @@ def _classify_model_error(error: BaseException, cap_seconds: float) -> RetryDeci
         ModelAPIError,
         ModelConnectionError,
         ModelHTTPError,
+        ModelQuotaExceededError,
         ModelRateLimitError,
         ModelServerError,
         ModelUnavailableError,
@@ -71,6 +72,8 @@ def _classify_model_error(error: BaseException, cap_seconds: float) -> RetryDeci
 
     if not isinstance(error, ModelAPIError):
         return None
+    if isinstance(error, ModelQuotaExceededError):  # often a 429 too (OpenAI's insufficient_quota)
+        return RetryDecision(False, reason="the model's account is out of quota or credit")
     status = error.status_code if isinstance(error, ModelHTTPError) else None
     transient = isinstance(
         error, ModelRateLimitError | ModelUnavailableError | ModelServerError | ModelConnectionError

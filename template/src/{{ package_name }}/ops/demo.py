@@ -134,13 +134,17 @@ def _replies(report: Report, fake: FakeMultiMail, settings: Settings) -> None:
 
     # Offline and free whatever settings.toml says: a real model is `drafts eval`'s business.
     configured = settings.drafting.model
+    owners = os.environ.get("MULTIMAIL_DRAFTING__MODEL")
     os.environ["MULTIMAIL_DRAFTING__MODEL"] = DEMO_MODEL
     connection.reset()
     try:
         with drafting_with(_demo_model()):
             _answer_mail(report, fake, connection.current_settings(), answer_inbound, configured)
     finally:
-        del os.environ["MULTIMAIL_DRAFTING__MODEL"]
+        if owners is None:
+            del os.environ["MULTIMAIL_DRAFTING__MODEL"]
+        else:
+            os.environ["MULTIMAIL_DRAFTING__MODEL"] = owners
         connection.reset()
 
 

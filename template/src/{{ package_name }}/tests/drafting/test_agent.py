@@ -29,7 +29,11 @@ from prefect.events.filters import (
 )
 from prefect.events.schemas.events import ReceivedEvent
 from pydantic_ai import models
-from pydantic_ai.exceptions import ModelHTTPError
+from pydantic_ai.exceptions import (
+    ModelContextWindowExceededError,
+    ModelHTTPError,
+    ModelQuotaExceededError,
+)
 from pydantic_ai.messages import ModelMessage, ModelResponse, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
@@ -284,7 +288,55 @@ def test_an_escalation_tags_the_email_for_a_human_and_sends_nothing(
     assert drafted.payload["model"] == MODEL
     assert drafted.payload["escalated"] is True
     assert drafted.payload["reason"] == report.reason[:200]
+    assert drafted.payload["requests"] == 1  # what the escalation cost, even when cut short
+    assert drafted.payload["input_tokens"] > 0
     assert "body" not in drafted.payload
+
+
+def too_long(sent: dict[str, Any]) -> dict[str, Any]:
+    raise ModelHTTPError.for_category(
+        ModelContextWindowExceededError,
+        status_code=400,
+        model_name=MODEL,
+        body={"error": {"code": "context_length_exceeded"}},
+    )
+
+
+def off_form(sent: dict[str, Any]) -> dict[str, Any]:
+    return {"body": "Hello"}  # not the draft's fields: asked once more, then given up
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("answer", "requests", "billed", "reason"),
+    [
+        (too_long, 1, 0, "too long for the drafting model"),  # refused: no usage to count
+        (off_form, 2, 2, "no usable draft"),
+    ],
+    ids=["too-long", "off-form"],
+)
+def test_an_email_the_model_cannot_draft_goes_to_a_human_without_retries(
+    drafts_audience: str,
+    mail_env: list[MailboxState],
+    fake: FakeMultiMail,
+    client: MultiMailClient,
+    script: Callable[[Answer], ScriptedModel],
+    answer: Answer,
+    requests: int,
+    billed: int,
+    reason: str,
+) -> None:
+    """About this email, not the provider: retrying would fail (and bill) again."""
+    model = script(answer)
+    inbound = deliver(fake, mail_env)
+    report = answer_inbound(inbound)
+    assert (report.outcome, report.reply_id) == ("escalated", None)
+    assert report.reason is not None
+    assert reason in report.reason
+    assert len(model.requests) == requests
+    assert outbound(client) == []
+    (drafted,) = drafted_events(inbound)
+    assert drafted.payload["requests"] == billed
 
 
 INJECTIONS = {
@@ -354,3 +406,21 @@ def test_a_rate_limited_model_is_retried_and_a_refusal_fails_with_what_to_fix(
         state.result()
     assert len(refused.requests) == 1  # not retried
     assert len(outbound(client)) == 1
+
+    def out_of_quota(sent: dict[str, Any]) -> dict[str, Any]:
+        # OpenAI says so with a 429, like a rate limit: waiting would not help.
+        raise ModelHTTPError.for_category(
+            ModelQuotaExceededError,
+            status_code=429,
+            model_name=MODEL,
+            body={"error": {"code": "insufficient_quota"}},
+        )
+
+    broke = script(out_of_quota)
+    state = answer_inbound.with_options(retries=0)(
+        deliver(fake, mail_env, subject="Third"), return_state=True
+    )
+    assert state.is_failed()
+    with pytest.raises(DraftingError, match=r"no quota or credit left"):
+        state.result()
+    assert len(broke.requests) == 1  # not retried
