@@ -88,11 +88,22 @@ def check(case: Case, draft: Draft) -> list[str]:
 
 
 def evaluate(settings: Settings, audience: str, cases: list[Case]) -> list[Verdict]:
-    """Draft each case with the configured model (never sending) and check the draft."""
+    """Draft each case with the configured model (never sending) and check the draft.
+
+    A transient failure of the model (a rate limit, an outage) fails its case and the others
+    still run; a refusal (`DraftingError`: a bad key, an unknown model, no quota) would be the
+    same for every case, so it ends the evaluation with what to fix."""
+    from pydantic_ai.exceptions import ModelAPIError
+
     from .agent import run_agent
 
     verdicts = []
     for case in cases:
-        draft = run_agent(settings, audience, case.email(), [])
+        try:
+            draft = run_agent(settings, audience, case.email(), [])
+        except ModelAPIError as error:
+            failed = Draft(markdown="", model=settings.drafting.model)
+            verdicts.append(Verdict(case.name, failed, [f"the model failed: {error}"]))
+            continue
         verdicts.append(Verdict(case.name, draft, check(case, draft)))
     return verdicts

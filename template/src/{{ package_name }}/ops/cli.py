@@ -308,6 +308,7 @@ def drafts_eval(
     Calls the real model (paid; nothing is sent): run it after changing the model or a prompt.
     Exits 1 when a draft fails a check.
     """
+    from ..drafting.agent import DraftingError
     from ..drafting.evaluate import evaluate, load_cases
     from ..mail.connection import current_settings
 
@@ -320,7 +321,11 @@ def drafts_eval(
         )
         raise typer.Exit(2)
     audience = audience or settings.replies.audience
-    verdicts = evaluate(settings, audience, load_cases())
+    try:
+        verdicts = evaluate(settings, audience, load_cases())
+    except DraftingError as error:
+        typer.echo(f"Evaluation stopped: {error}", err=True)
+        raise typer.Exit(2) from None
     for verdict in verdicts:
         mark = "ok" if not verdict.failures else "FAILED"
         what = f"escalated: {verdict.draft.escalate}" if verdict.draft.escalate else "replied"

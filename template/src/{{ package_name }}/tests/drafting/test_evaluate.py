@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pydantic_ai.exceptions import ModelHTTPError
 from pydantic_ai.messages import ModelMessage, ModelResponse, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from typer.testing import CliRunner
@@ -85,4 +86,27 @@ def test_drafts_eval_says_what_to_set_without_a_model_and_reports_with_one(
     assert result.exit_code == 1
     assert "[FAILED] data-deletion: replied" in result.output
     assert "0 of 4 drafts by openai:gpt-5-mini passed." in result.output
+
+    # A rate limit fails its case and the others still run; a refusal stops with what to fix.
+    limited = iter([True])
+
+    def rate_limited_once(email: dict[str, str]) -> dict[str, Any]:
+        if next(limited, False):
+            raise ModelHTTPError(429, "openai:gpt-5-mini", body={"error": "slow down"})
+        return careful(email)
+
+    with drafting_with(scripted(rate_limited_once)):
+        result = CliRunner().invoke(app, ["drafts", "eval"])
+    assert result.exit_code == 1
+    assert "the model failed: status_code: 429" in result.output
+    assert "3 of 4 drafts by openai:gpt-5-mini passed." in result.output
+
+    def refusing(email: dict[str, str]) -> dict[str, Any]:
+        raise ModelHTTPError(401, "openai:gpt-5-mini", body={"error": "invalid api key"})
+
+    with drafting_with(scripted(refusing)):
+        result = CliRunner().invoke(app, ["drafts", "eval"])
+    assert result.exit_code == 2
+    assert "Evaluation stopped: the drafting model openai:gpt-5-mini refused" in result.output
+    assert "Traceback" not in result.output
     connection.reset()
