@@ -47,13 +47,12 @@ from ...multimail.client import MultiMailClient
 from ...multimail.models import EmailSummary
 from ...multimail.provision import MailboxState
 from ...namespace import DRAFTED, artifact_key
+from .scripted_server import Answer
 
 DRAFTS_AUDIENCE = "pytest_drafts"
 DRAFTS_MAILBOX = "pytest-drafts"
 #: Any model name: the scripted model stands in for it.
 MODEL = "openai:gpt-5-mini"
-
-Answer = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 @dataclass
@@ -394,17 +393,21 @@ def test_a_rate_limited_model_is_retried_and_a_refusal_fails_with_what_to_fix(
     assert answer_inbound(deliver(fake, mail_env)).outcome == "sent"
     assert len(model.requests) == 2
 
+    def fails_at_once(answer: Answer, subject: str, message: str) -> None:
+        """The run fails saying `message` after one request: a refusal is not retried."""
+        refused = script(answer)
+        state = answer_inbound.with_options(retries=0)(
+            deliver(fake, mail_env, subject=subject), return_state=True
+        )
+        assert state.is_failed()
+        with pytest.raises(DraftingError, match=message):
+            state.result()
+        assert len(refused.requests) == 1
+
     def refusing(sent: dict[str, Any]) -> dict[str, Any]:
         raise ModelHTTPError(401, MODEL, body={"error": "invalid api key"})
 
-    refused = script(refusing)
-    state = answer_inbound.with_options(retries=0)(
-        deliver(fake, mail_env, subject="Second"), return_state=True
-    )
-    assert state.is_failed()
-    with pytest.raises(DraftingError, match=r"refused.*OPENAI_API_KEY"):
-        state.result()
-    assert len(refused.requests) == 1  # not retried
+    fails_at_once(refusing, "Second", r"refused.*OPENAI_API_KEY")
     assert len(outbound(client)) == 1
 
     def out_of_quota(sent: dict[str, Any]) -> dict[str, Any]:
@@ -416,11 +419,4 @@ def test_a_rate_limited_model_is_retried_and_a_refusal_fails_with_what_to_fix(
             body={"error": {"code": "insufficient_quota"}},
         )
 
-    broke = script(out_of_quota)
-    state = answer_inbound.with_options(retries=0)(
-        deliver(fake, mail_env, subject="Third"), return_state=True
-    )
-    assert state.is_failed()
-    with pytest.raises(DraftingError, match=r"no quota or credit left"):
-        state.result()
-    assert len(broke.requests) == 1  # not retried
+    fails_at_once(out_of_quota, "Third", r"no quota or credit left")
