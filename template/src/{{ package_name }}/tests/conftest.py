@@ -126,13 +126,15 @@ def prefect_only_where_marked(
 
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[None]:
-    """One throwaway Prefect API for the session, heartbeats off (they add ~1 s per flow)."""
+    """One throwaway Prefect API for the session (see prefect_server.py), heartbeats off (they
+    add ~1 s per flow)."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
+
+    from .prefect_server import prefect_test_server
 
     with (
         temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
-        prefect_test_harness(server_startup_timeout=90),
+        prefect_test_server(),
     ):
         yield
 
