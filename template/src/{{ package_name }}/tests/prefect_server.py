@@ -3,9 +3,10 @@
 On SQLite, Prefect begins a transaction DEFERRED. One that reads, and then writes after another
 connection has committed (the server records task runs and events in its own services
 meanwhile), fails at once with SQLITE_BUSY_SNAPSHOT: the server answers 503 without a
-Retry-After, and the client waits 2 s before it tries again. In this suite that was one request
-in 45 and a third of the flow tests' time (measured in the template's bench/README.md). Begun
-IMMEDIATE, a transaction waits for the write lock instead (SQLite's busy timeout): none fails.
+Retry-After, and the client waits 2 s before it tries again. In this suite that was about 40 of
+3,400 requests, a third of the time of the flow tests that met most of them (measured in the
+template's bench/README.md). Begun IMMEDIATE, a transaction waits for the write lock instead
+(SQLite's busy timeout): none fails.
 
 Only the tests' own server is changed, by running it as `python -m <package>.tests.prefect_server`
 (uvicorn with the harness's arguments) in place of `python -m uvicorn`. A Prefect server of your
