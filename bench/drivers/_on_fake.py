@@ -36,13 +36,17 @@ class OnFake:
         """A module of the generated package (`flows.answer_inbound`, `inbound.receiver`, ...)."""
         return importlib.import_module(f"{self.package}.{name}")
 
-    def operator_client(self) -> Any:
-        """A MultiMail client with the oversight scope: the human who decides."""
+    def client_with(self, key: str) -> Any:
+        """A new MultiMail client on the fake with `key` and the client's own defaults (not the
+        MULTIMAIL_* settings a driver may have shrunk for its flows)."""
         from pydantic import SecretStr
 
         client_module = self.module("multimail.client")
-        key = SecretStr(self.fake.create_key(["oversight"]))
-        return client_module.MultiMailClient(self.fake.base_url, key)
+        return client_module.MultiMailClient(self.fake.base_url, SecretStr(key))
+
+    def operator_client(self) -> Any:
+        """A MultiMail client with the oversight scope: the human who decides."""
+        return self.client_with(self.fake.create_key(["oversight"]))
 
 
 @contextmanager

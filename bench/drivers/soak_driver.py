@@ -100,11 +100,7 @@ def main() -> None:
         httpx.delete(f"{fake.base_url}/_fake/faults").raise_for_status()
         # The tally reads with the client's default timeout: the soak's 0.5 s is for the sends
         # it faults, and a page of a thousand emails on a loaded machine takes longer.
-        from pydantic import SecretStr
-
-        client_module = on_fake.module("multimail.client")
-        key = SecretStr(os.environ["MULTIMAIL_API_KEY"])
-        with client_module.MultiMailClient(fake.base_url, key) as reader:
+        with on_fake.client_with(os.environ["MULTIMAIL_API_KEY"]) as reader:
             mailbox = reader.mailbox_id(settings.audience(audience).mailbox)
             subjects = Counter(e.subject for e in reader.iter_emails(mailbox, direction="outbound"))
 
